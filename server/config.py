@@ -1,0 +1,180 @@
+"""Settings: one typed object, read once from flags or environment variables, passed down."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from actors import WorkerConfig
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used; the message names the variable."""
+
+
+def _env(name: str, help: str, flag: str | None = None) -> dict[str, Any]:
+    return {"env": name, "help": help, "flag": flag}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every option of the server with its default.
+
+    Each field's metadata names its environment variable; the CLI flag is the field name with dashes.
+    """
+
+    host: str = field(default="127.0.0.1", metadata=_env("AMI_HOST", "interface to listen on"))
+    port: int = field(default=8000, metadata=_env("AMI_PORT", "TCP port to listen on"))
+    ray_address: str | None = field(
+        default=None, metadata=_env("RAY_ADDRESS", "Ray cluster to join; unset: embedded local Ray")
+    )
+    data_dir: Path = field(default=Path("data"), metadata=_env("AMI_DATA_DIR", "where the job store lives"))
+    store: str = field(default="sqlite", metadata=_env("AMI_STORE", "job store: sqlite or redis://host:port/db"))
+    euro_url: str = field(
+        default="https://www.euro-millions.com/results/",
+        metadata=_env("AMI_EURO_URL", "results page prefix; the date is appended as DD-MM-YYYY"),
+    )
+    allow_private_urls: bool = field(
+        default=False,
+        metadata=_env("AMI_ALLOW_PRIVATE_URLS", "allow user URLs that resolve to loopback/private addresses"),
+    )
+    enable_echo: bool = field(default=False, metadata=_env("AMI_ENABLE_ECHO", "enable the echo kind"))
+    pools: tuple[tuple[str, int], ...] = field(
+        default=(),
+        metadata=_env("AMI_POOLS", "actor pool sizes, e.g. 'audio.length=2,euro.results=1'", flag="pools"),
+    )
+    actor_cpus: float = field(default=0.25, metadata=_env("AMI_ACTOR_CPUS", "Ray CPUs reserved per actor"))
+    max_frame_bytes: int = field(
+        default=64 * 1024, metadata=_env("AMI_MAX_FRAME_BYTES", "largest client frame accepted")
+    )
+    max_audio_bytes: int = field(
+        default=100 * 1024 * 1024, metadata=_env("AMI_MAX_AUDIO_BYTES", "largest audio download")
+    )
+    fetch_timeout: float = field(
+        default=10.0, metadata=_env("AMI_FETCH_TIMEOUT", "seconds to connect, and between bytes read")
+    )
+    job_timeout: float = field(default=300.0, metadata=_env("AMI_JOB_TIMEOUT", "seconds a job may run"))
+    max_pending: int = field(
+        default=10_000, metadata=_env("AMI_MAX_PENDING", "jobs waiting for an actor before 'busy'")
+    )
+    max_jobs_per_connection: int = field(
+        default=5_000, metadata=_env("AMI_MAX_JOBS_PER_CONNECTION", "unfinished jobs one socket may hold")
+    )
+    max_finished_jobs: int = field(
+        default=100_000, metadata=_env("AMI_MAX_FINISHED_JOBS", "finished jobs kept in memory")
+    )
+    result_ttl: float = field(default=48 * 3600.0, metadata=_env("AMI_RESULT_TTL", "seconds results are kept"))
+    ray_num_cpus: int | None = field(
+        default=None, metadata=_env("AMI_RAY_NUM_CPUS", "CPUs of the embedded Ray; unset: all")
+    )
+    object_store_mb: int = field(
+        default=512, metadata=_env("AMI_OBJECT_STORE_MB", "object store of the embedded Ray, MiB")
+    )
+    dashboard: bool = field(default=True, metadata=_env("AMI_DASHBOARD", "start the embedded Ray dashboard"))
+    dashboard_port: int = field(default=8265, metadata=_env("AMI_DASHBOARD_PORT", "embedded dashboard port"))
+    dashboard_url: str | None = field(
+        default=None, metadata=_env("AMI_DASHBOARD_URL", "dashboard link shown to users when joining a cluster")
+    )
+    namespace: str = field(default="ami", metadata=_env("AMI_NAMESPACE", "Ray namespace of the actors"))
+    log_level: str = field(default="info", metadata=_env("AMI_LOG_LEVEL", "debug, info, warning or error"))
+
+    def pool_size(self, kind: str, default: int) -> int:
+        return dict(self.pools).get(kind, default)
+
+    def worker_config(self) -> WorkerConfig:
+        return WorkerConfig(
+            euro_url=self.euro_url,
+            allow_private_urls=self.allow_private_urls,
+            max_audio_bytes=self.max_audio_bytes,
+            fetch_timeout=self.fetch_timeout,
+        )
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def load(cls, argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+        """Settings from flags, then `AMI_*` variables, then defaults."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = environ.get(f.metadata["env"])
+            if raw is not None and raw != "":
+                values[f.name] = _convert(f, raw, f.metadata["env"])
+        parsed = _parser().parse_args(argv)
+        for f in dataclasses.fields(cls):
+            raw = getattr(parsed, f.name)
+            if raw is not None:
+                values[f.name] = _convert(f, raw, "--" + f.name.replace("_", "-"))
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        checks = [
+            (1 <= self.port <= 65535 or self.port == 0, "AMI_PORT", "must be a port number"),
+            (self.max_frame_bytes >= 256, "AMI_MAX_FRAME_BYTES", "must be at least 256"),
+            (self.max_audio_bytes >= 1024, "AMI_MAX_AUDIO_BYTES", "must be at least 1024"),
+            (self.fetch_timeout > 0, "AMI_FETCH_TIMEOUT", "must be positive"),
+            (self.job_timeout > 0, "AMI_JOB_TIMEOUT", "must be positive"),
+            (0 < self.actor_cpus <= 64, "AMI_ACTOR_CPUS", "must be in (0, 64]"),
+            (self.store == "sqlite" or self.store.startswith("redis://"), "AMI_STORE",
+             "must be 'sqlite' or a redis:// URL"),
+            (self.euro_url.startswith(("http://", "https://")), "AMI_EURO_URL", "must be an http(s) URL"),
+        ]
+        for ok, name, why in checks:
+            if not ok:
+                raise SettingsError(f"{name} {why}")
+
+
+def _convert(f: dataclasses.Field[Any], raw: Any, name: str) -> Any:
+    kind = str(f.type)
+    text = str(raw).strip()
+    try:
+        if kind == "bool":
+            if isinstance(raw, bool):
+                return raw
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if kind in ("int", "int | None"):
+            return int(text)
+        if kind == "float":
+            return float(text)
+        if kind == "Path":
+            return Path(text)
+        if kind.startswith("tuple"):
+            return _parse_pools(text)
+        return text
+    except ValueError:
+        raise SettingsError(f"{name}: cannot use {text!r} ({f.metadata['help']})") from None
+
+
+def _parse_pools(text: str) -> tuple[tuple[str, int], ...]:
+    pools = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        kind, _, size = item.partition("=")
+        if not kind or int(size) < 0:
+            raise ValueError
+        pools.append((kind.strip(), int(size)))
+    return tuple(pools)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m server", description="async-ml-inference server")
+    for f in dataclasses.fields(Settings):
+        flag = "--" + f.name.replace("_", "-")
+        helptext = f"{f.metadata['help']} (env {f.metadata['env']})"
+        if str(f.type) == "bool":
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                                help=helptext)
+        else:
+            parser.add_argument(flag, dest=f.name, default=None, help=helptext)
+    return parser

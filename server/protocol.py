@@ -1,0 +1,163 @@
+"""Wire protocol v1: client frames parsed into typed requests, server frames built in one place."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from server.errors import ErrorCode, RequestError
+
+MAX_REF = 128
+MAX_WATCH = 1000
+
+HELP = [
+    "audio <url>                 length of the audio at <url>",
+    "euro <date>                 EuroMillions draw of <date> (YYYY-MM-DD or DD-MM-YYYY)",
+    "cancel <job>                cancel a job",
+    "status <job>                state of a job",
+    "watch <job> [<job> ...]     results of jobs, now or when they finish",
+    "kinds                       the job kinds and their args",
+    "ping                        pong",
+    "help                        this text",
+    'JSON works too: {"op":"submit","kind":"audio.length","args":{"url":"..."}}',
+]
+
+SHORTCUTS = {"audio": ("audio.length", "url"), "euro": ("euro.results", "date")}
+
+
+@dataclass(frozen=True, slots=True)
+class Submit:
+    kind: str
+    args: dict[str, Any]
+    ref: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    job: str
+    ref: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    job: str
+    ref: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Watch:
+    jobs: tuple[str, ...]
+    ref: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Kinds:
+    ref: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    ref: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Help:
+    ref: str | None = None
+
+
+Request = Submit | Cancel | Status | Watch | Kinds | Ping | Help
+
+
+def parse_request(text: str) -> Request:
+    """One client text frame (JSON object or plain-text command) as a typed request."""
+    text = text.strip()
+    if not text:
+        raise RequestError(ErrorCode.BAD_REQUEST, "empty frame; send a JSON object or a command (try 'help')")
+    if text[0] in "{[\"" or text[0].isdigit():
+        return _parse_json(text)
+    return _parse_command(text)
+
+
+def _parse_json(text: str) -> Request:
+    try:
+        frame = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise RequestError(ErrorCode.BAD_JSON, f"not valid JSON: {exc}") from None
+    if not isinstance(frame, dict):
+        raise RequestError(ErrorCode.BAD_REQUEST, "a frame must be a JSON object with an 'op'")
+    ref = frame.get("ref")
+    if ref is not None and not isinstance(ref, str):
+        raise RequestError(ErrorCode.BAD_REQUEST, "'ref' must be a string")
+    if ref is not None and len(ref) > MAX_REF:
+        raise RequestError(ErrorCode.BAD_REQUEST, f"'ref' is longer than {MAX_REF} characters")
+    op = frame.get("op")
+    if not isinstance(op, str):
+        raise RequestError(ErrorCode.BAD_REQUEST, "missing 'op' (submit, cancel, status, watch, kinds, ping)", ref)
+    if op == "submit":
+        kind = frame.get("kind")
+        if not isinstance(kind, str):
+            raise RequestError(ErrorCode.BAD_REQUEST, "submit needs a 'kind' string", ref)
+        args = frame.get("args", {})
+        if not isinstance(args, dict):
+            raise RequestError(ErrorCode.INVALID_ARGS, "'args' must be a JSON object", ref)
+        return Submit(kind, args, ref)
+    if op in ("cancel", "status"):
+        job = frame.get("job")
+        if not isinstance(job, str) or not job:
+            raise RequestError(ErrorCode.BAD_REQUEST, f"{op} needs a 'job' id string", ref)
+        return Cancel(job, ref) if op == "cancel" else Status(job, ref)
+    if op == "watch":
+        jobs = frame.get("jobs")
+        if not isinstance(jobs, list) or not all(isinstance(job, str) for job in jobs):
+            raise RequestError(ErrorCode.BAD_REQUEST, "watch needs 'jobs', a list of job id strings", ref)
+        if len(jobs) > MAX_WATCH:
+            raise RequestError(ErrorCode.TOO_LARGE, f"watch at most {MAX_WATCH} jobs per frame", ref)
+        return Watch(tuple(jobs), ref)
+    if op == "kinds":
+        return Kinds(ref)
+    if op == "ping":
+        return Ping(ref)
+    if op == "help":
+        return Help(ref)
+    raise RequestError(ErrorCode.UNKNOWN_OP, f"unknown op {op!r}; ops are submit, cancel, status, watch, "
+                                             "kinds, ping", ref)
+
+
+def _parse_command(text: str) -> Request:
+    word, *rest = text.split()
+    word = word.lower()
+    if word in SHORTCUTS:
+        kind, field = SHORTCUTS[word]
+        if len(rest) != 1:
+            raise RequestError(ErrorCode.INVALID_ARGS, f"usage: {word} <{field}>")
+        return Submit(kind, {field: rest[0]})
+    if word in ("cancel", "status"):
+        if len(rest) != 1:
+            raise RequestError(ErrorCode.BAD_REQUEST, f"usage: {word} <job>")
+        return Cancel(rest[0]) if word == "cancel" else Status(rest[0])
+    if word == "watch":
+        if not rest:
+            raise RequestError(ErrorCode.BAD_REQUEST, "usage: watch <job> [<job> ...]")
+        return Watch(tuple(rest))
+    if not rest and word == "kinds":
+        return Kinds()
+    if not rest and word == "ping":
+        return Ping()
+    if not rest and word == "help":
+        return Help()
+    raise RequestError(ErrorCode.UNKNOWN_OP, f"unknown command {word!r}; try 'help'")
+
+
+def encode(frame: dict[str, Any]) -> str:
+    """A server frame as one line of JSON."""
+    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
+
+
+def error_frame(code: str, message: str, ref: str | None = None, job: str | None = None) -> dict[str, Any]:
+    frame: dict[str, Any] = {"type": "error", "code": code, "message": message}
+    if job is not None:
+        frame["job"] = job
+    if ref is not None:
+        frame["ref"] = ref
+    return frame

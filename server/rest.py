@@ -1,0 +1,161 @@
+"""HTTP endpoints: jobs over REST, the old polling API kept for old clients, and operator views."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from actors import InvalidArgs
+from server.errors import ErrorCode, RequestError
+from server.jobs import Job, JobState
+
+if TYPE_CHECKING:
+    from server.app import Services
+
+log = logging.getLogger("server.rest")
+
+CELERY_STATES = {
+    JobState.QUEUED: "PENDING",
+    JobState.RUNNING: "STARTED",
+    JobState.SUCCEEDED: "SUCCESS",
+    JobState.FAILED: "FAILURE",
+    JobState.CANCELLED: "REVOKED",
+}
+
+
+class CallbackLogger:
+    """The old API's `callback: true`: log the result when it arrives."""
+
+    def push(self, frame: dict[str, Any]) -> None:
+        log.info("callback: job %s %s: %s", frame["job"], frame["status"],
+                 json.dumps(frame.get("result", frame.get("error"))))
+
+    def forget(self, job: Job) -> None:
+        pass
+
+
+def _problem(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    try:
+        body = json.loads(await request.body())
+    except ValueError as exc:
+        raise RequestError(ErrorCode.BAD_JSON, f"the body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise RequestError(ErrorCode.BAD_REQUEST, "the body must be a JSON object")
+    return body
+
+
+def _create(services: Services, kind_name: str, args: Any, callback: bool = False) -> Job:
+    kind = services.kinds.get(kind_name) if isinstance(kind_name, str) else None
+    if kind is None:
+        raise RequestError(ErrorCode.UNKNOWN_KIND, f"unknown kind {kind_name!r}")
+    if not isinstance(args, dict):
+        raise RequestError(ErrorCode.INVALID_ARGS, "'args' must be a JSON object")
+    try:
+        valid = kind.validate(args)
+    except InvalidArgs as exc:
+        raise RequestError(ErrorCode.INVALID_ARGS, exc.message) from None
+    job = services.new_job(kind.name, valid)
+    if callback:
+        services.table.watch(job, CallbackLogger())
+    services.start_job(job)
+    return job
+
+
+def _handler(make: Callable[[Services, dict[str, Any]], JSONResponse]) -> Callable[[Request], Any]:
+    async def endpoint(request: Request) -> JSONResponse:
+        try:
+            return make(request.app.state.services, await _body(request))
+        except RequestError as exc:
+            status = 503 if exc.code is ErrorCode.BUSY else 422
+            return _problem(status, exc.code, exc.message)
+
+    return endpoint
+
+
+def _iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat()
+
+
+def post_job(services: Services, body: dict[str, Any]) -> JSONResponse:
+    job = _create(services, body.get("kind"), body.get("args", {}))  # type: ignore[arg-type]
+    return JSONResponse({"job": job.id}, status_code=201)
+
+
+async def get_job(request: Request) -> JSONResponse:
+    job = request.app.state.services.table.get(request.path_params["job"])
+    if job is None:
+        return _problem(404, "not_found", "no such job")
+    body: dict[str, Any] = {"job": job.id, "kind": job.kind, "state": str(job.state)}
+    if job.state is JobState.SUCCEEDED:
+        body["result"] = job.result
+    elif job.error is not None:
+        body["error"] = job.error
+    body["created_at"] = _iso(job.created_at)
+    body["finished_at"] = _iso(job.finished_at)
+    return JSONResponse(body)
+
+
+def post_audio_length(services: Services, body: dict[str, Any]) -> JSONResponse:
+    job = _create(services, "audio.length", {"url": body.get("audio_url")}, bool(body.get("callback")))
+    return JSONResponse({"id": job.id}, status_code=201)
+
+
+def post_euro_results(services: Services, body: dict[str, Any]) -> JSONResponse:
+    job = _create(services, "euro.results", {"date": body.get("draw_date")}, bool(body.get("callback")))
+    return JSONResponse({"id": job.id}, status_code=201)
+
+
+def _old_result(job: Job) -> Any:
+    if job.state is not JobState.SUCCEEDED:
+        return None
+    if job.kind == "audio.length":
+        return {"audio_length": job.result["duration"]}
+    if job.kind == "euro.results":
+        return [*job.result["numbers"], *job.result["stars"]]
+    return job.result
+
+
+async def get_task(request: Request) -> JSONResponse:
+    job = request.app.state.services.table.get(request.path_params["task"])
+    if job is None:
+        return _problem(404, "not_found", "no such task")
+    body = {
+        "id": job.id,
+        "status": CELERY_STATES[job.state],
+        "error": job.error["message"] if job.error else None,
+        "result": _old_result(job),
+    }
+    return JSONResponse(body, status_code=200 if job.finished else 202)
+
+
+async def get_pools(request: Request) -> JSONResponse:
+    services = request.app.state.services
+    return JSONResponse({"pools": [pool.describe() for pool in services.dispatcher.pools.values()]})
+
+
+async def healthz(request: Request) -> JSONResponse:
+    return JSONResponse({"ok": True})
+
+
+routes = [
+    Route("/jobs", _handler(post_job), methods=["POST"]),
+    Route("/jobs/{job}", get_job),
+    Route("/audio/length", _handler(post_audio_length), methods=["POST"]),
+    Route("/euro/results", _handler(post_euro_results), methods=["POST"]),
+    Route("/task/{task}", get_task),
+    Route("/pools", get_pools),
+    Route("/healthz", healthz),
+]

@@ -1,0 +1,163 @@
+"""One WebSocket connection: frames in, requests served, frames out in order."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from actors import InvalidArgs
+from server.errors import CloseCode, ErrorCode, RequestError
+from server.jobs import Job
+from server.protocol import (
+    HELP,
+    Cancel,
+    Help,
+    Kinds,
+    Ping,
+    Request,
+    Status,
+    Submit,
+    Watch,
+    encode,
+    error_frame,
+    parse_request,
+)
+
+if TYPE_CHECKING:
+    from server.app import Services
+
+log = logging.getLogger("server.session")
+
+MAX_OUTBOX = 50_000  # frames a client may leave unread before it is cut off (it can `watch` to catch up)
+
+
+class Session:
+    """Serves one socket. `push` never blocks: frames queue for a writer task, so a slow client
+    slows only itself."""
+
+    def __init__(self, websocket: WebSocket, services: Services) -> None:
+        self.websocket = websocket
+        self.services = services
+        self.outbox: asyncio.Queue[str | int | None] = asyncio.Queue()  # a frame, a close code, or the end
+        self.watching: set[Job] = set()
+        self.closed = False
+
+    async def serve(self) -> None:
+        await self.websocket.accept()
+        writer = asyncio.create_task(self._write())
+        try:
+            while not self.closed:
+                message = await self.websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                text = message.get("text")
+                if text is None:
+                    self.push(error_frame(ErrorCode.BAD_REQUEST, "binary frames are not supported; send text"))
+                else:
+                    self.receive_text(text)
+        except WebSocketDisconnect:
+            pass
+        finally:
+            self.closed = True
+            for job in self.watching:
+                job.watchers.pop(self, None)
+            self.watching.clear()
+            self.outbox.put_nowait(None)
+            await writer
+
+    async def _write(self) -> None:
+        try:
+            while (item := await self.outbox.get()) is not None:
+                if isinstance(item, int):
+                    await self.websocket.close(item, "too many unread frames; reconnect and watch your jobs")
+                    break
+                await self.websocket.send_text(item)
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            self.closed = True
+
+    def push(self, frame: dict[str, Any]) -> None:
+        if self.closed:
+            return
+        if self.outbox.qsize() >= MAX_OUTBOX:
+            log.warning("closing a connection that left %d frames unread", MAX_OUTBOX)
+            self.closed = True
+            self.outbox.put_nowait(CloseCode.TOO_SLOW)
+            return
+        self.outbox.put_nowait(encode(frame))
+
+    def forget(self, job: Job) -> None:
+        self.watching.discard(job)
+
+    def receive_text(self, text: str) -> None:
+        limit = self.services.settings.max_frame_bytes
+        if len(text) > limit or len(text.encode()) > limit:
+            self.push(error_frame(ErrorCode.TOO_LARGE, f"frame larger than {limit} bytes"))
+            return
+        try:
+            self.handle(parse_request(text))
+        except RequestError as exc:
+            self.push(error_frame(exc.code, exc.message, exc.ref, exc.job))
+
+    def handle(self, request: Request) -> None:
+        services = self.services
+        if isinstance(request, Submit):
+            self.submit(request)
+        elif isinstance(request, Watch):
+            for job_id in request.jobs:
+                job = self._job(job_id, request.ref, raise_=False)
+                if job is not None:
+                    self._watch(job, request.ref)
+        elif isinstance(request, Status):
+            self.push(self._job(request.job, request.ref).status_frame(request.ref))
+        elif isinstance(request, Cancel):
+            job = self._job(request.job, request.ref)
+            self._watch(job, request.ref)  # the cancelled (or earlier) result goes to the canceller too
+            services.dispatcher.cancel(job)
+        elif isinstance(request, Kinds):
+            self.push(services.kinds_frame(request.ref))
+        elif isinstance(request, Ping):
+            self.push(_with_ref({"type": "pong"}, request.ref))
+        elif isinstance(request, Help):
+            self.push(_with_ref({"type": "help", "commands": HELP}, request.ref))
+
+    def submit(self, request: Submit) -> None:
+        services = self.services
+        kind = services.kinds.get(request.kind)
+        if kind is None:
+            names = ", ".join(sorted(services.kinds))
+            raise RequestError(ErrorCode.UNKNOWN_KIND, f"unknown kind {request.kind!r}; kinds are {names}",
+                               request.ref)
+        try:
+            args = kind.validate(request.args)
+        except InvalidArgs as exc:
+            raise RequestError(ErrorCode.INVALID_ARGS, exc.message, request.ref) from None
+        if len(self.watching) >= services.settings.max_jobs_per_connection:
+            raise RequestError(ErrorCode.BUSY, f"this connection has {len(self.watching)} unfinished jobs; "
+                                               "wait for some results", request.ref)
+        job = services.new_job(kind.name, args, request.ref)
+        self.push(_with_ref({"type": "accepted", "job": job.id, "kind": job.kind}, request.ref))
+        self._watch(job, request.ref)
+        services.start_job(job)
+
+    def _watch(self, job: Job, ref: str | None) -> None:
+        if not job.finished:
+            self.watching.add(job)
+        self.services.table.watch(job, self, ref)
+
+    def _job(self, job_id: str, ref: str | None, raise_: bool = True) -> Job:
+        job = self.services.table.get(job_id)
+        if job is None:
+            error = RequestError(ErrorCode.NOT_FOUND, f"no job {job_id!r}", ref, job_id)
+            if raise_:
+                raise error
+            self.push(error_frame(error.code, error.message, ref, job_id))
+        return job  # type: ignore[return-value]
+
+
+def _with_ref(frame: dict[str, Any], ref: str | None) -> dict[str, Any]:
+    if ref is not None:
+        frame["ref"] = ref
+    return frame
