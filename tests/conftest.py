@@ -1,0 +1,53 @@
+"""Shared fixtures: one Ray for the session, one HTTP fixture server, one app server."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+import ray
+
+from server.config import Settings
+from tests.helpers import FixtureHTTP, ServerThread
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    """One real Ray for every in-process test, sized for a 2-CPU machine, stopped at the end."""
+    ray.init(address="local", num_cpus=2, object_store_memory=128 * MiB, include_dashboard=False,
+             namespace="ami-tests", log_to_driver=bool(os.environ.get("AMI_TEST_RAY_LOGS")))
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def http() -> Iterator[FixtureHTTP]:
+    with FixtureHTTP() as server:
+        yield server
+
+
+def test_settings(http: FixtureHTTP, **changes: object) -> Settings:
+    base = Settings(
+        enable_echo=True,
+        allow_private_urls=True,
+        euro_url=http.url("/euro/"),
+        pools=(("audio.length", 1), ("euro.results", 1), ("echo", 2)),
+        actor_cpus=0.1,
+        fetch_timeout=5.0,
+        dashboard=False,
+    )
+    return base.replace(**changes)
+
+
+test_settings.__test__ = False  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session")
+def server(ray_session: None, http: FixtureHTTP) -> Iterator[ServerThread]:
+    """The app with every kind, echo included, on real uvicorn; actors warmed up before the first test."""
+    with ServerThread(test_settings(http)) as running:
+        running.wait_ready()
+        yield running
