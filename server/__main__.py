@@ -4,27 +4,44 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 
 import uvicorn
+from starlette.applications import Starlette
 
-from server.app import create_app
+from server.app import announce, create_app
 from server.config import Settings, SettingsError
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, which prints where to go once it is listening."""
+
+    def __init__(self, config: uvicorn.Config, settings: Settings, app: Starlette) -> None:
+        super().__init__(config)
+        self.settings = settings
+        self.starlette = app
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if not self.should_exit:
+            announce(self.settings, self.starlette.state.services)
 
 
 def run(settings: Settings) -> None:
     """Serve until told to stop; Ray, the actors and the sockets are closed on the way out."""
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(settings)
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         lifespan="on",
         ws_max_size=max(4 * settings.max_frame_bytes, 1024 * 1024),
     )
-    uvicorn.Server(config).run()
+    Server(config, settings, app).run()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -33,8 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    # uvicorn re-raises the signal that stopped it once it has shut down; exit 0 then, not 143.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # uvicorn re-raises the signal that stopped it once it has shut down cleanly: exit 0 then.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: sys.exit(0))
     run(settings)
     return 0
 

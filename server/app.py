@@ -72,7 +72,6 @@ def create_app(settings: Settings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with services_context(settings) as services:
             app.state.services = services
-            _announce(settings, services)
             yield
 
     async def websocket_endpoint(websocket: WebSocket) -> None:
@@ -95,7 +94,8 @@ def create_app(settings: Settings) -> Starlette:
     return Starlette(routes=routes, lifespan=lifespan)
 
 
-def _announce(settings: Settings, services: Services) -> None:
+def announce(settings: Settings, services: Services) -> None:
+    """Tell the person who started the server where to go; printed once the socket is listening."""
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     lines = [
         f"Page:      http://{host}:{settings.port}/",

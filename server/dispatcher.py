@@ -96,12 +96,17 @@ class Dispatcher:
         self._watch_ready = asyncio.create_task(self._record_nodes())
 
     async def _record_nodes(self) -> None:
-        for pool in self.pools.values():
-            for index, handle in enumerate(pool.handles):
-                try:
-                    pool.nodes[index] = await handle.node_id.remote()
-                except Exception as exc:  # an actor that cannot start shows up in /pools and the log
-                    log.error("actor %s did not start: %s", pool.names[index], exc)
+        async def record(pool: Pool, index: int, ref: Any) -> None:
+            try:
+                pool.nodes[index] = await ref
+            except Exception as exc:  # an actor that cannot start shows up in /pools and the log
+                log.error("actor %s did not start: %s", pool.names[index], exc)
+
+        await asyncio.gather(*(
+            record(pool, index, handle.node_id.remote())
+            for pool in self.pools.values()
+            for index, handle in enumerate(pool.handles)
+        ))
 
     async def ready(self) -> None:
         """Wait until every actor has started (and warmed up)."""

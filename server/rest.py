@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -20,6 +22,8 @@ if TYPE_CHECKING:
     from server.app import Services
 
 log = logging.getLogger("server.rest")
+
+POOLS_WAIT = 5.0  # seconds /pools waits for starting actors
 
 CELERY_STATES = {
     JobState.QUEUED: "PENDING",
@@ -143,6 +147,8 @@ async def get_task(request: Request) -> JSONResponse:
 
 async def get_pools(request: Request) -> JSONResponse:
     services = request.app.state.services
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(services.dispatcher.ready(), POOLS_WAIT)  # node ids are known once actors start
     return JSONResponse({"pools": [pool.describe() for pool in services.dispatcher.pools.values()]})
 
 
