@@ -22,7 +22,7 @@ def main() -> None:
     cluster.wait_for_nodes()
     print(json.dumps({
         "address": cluster.address,
-        "head": cluster.head_node.node_id,
+        "head": cluster.head_node.node_id,  # type: ignore[attr-defined]
         "workers": [node.node_id for node in workers],
     }), flush=True)
     try:

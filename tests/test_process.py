@@ -38,7 +38,7 @@ def test_server_prints_its_urls_serves_and_leaves_no_process_behind(sig: int, tm
         children = process.descendants()
         assert any("raylet" in " ".join(child.cmdline()) for child in children), "embedded Ray runs under the server"
         assert process.stop(sig) == 0
-        gone, alive = psutil.wait_procs(children, timeout=30)
+        _gone, alive = psutil.wait_procs(children, timeout=30)
         assert alive == [], f"left behind: {[p.pid for p in alive]}"
         assert any("Application shutdown complete" in line for line in process.output)
     finally:

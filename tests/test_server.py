@@ -20,7 +20,7 @@ def test_slow_job_does_not_delay_fast_ones_and_results_come_out_of_order(server:
             await client.send({"op": "submit", "kind": "echo", "args": {"n": "slow", "delay_ms": 1500}, "ref": "slow"})
             for n in range(3):
                 await client.send({"op": "submit", "kind": "echo", "args": {"n": n}, "ref": f"fast{n}"})
-            order = []
+            order: list[str] = []
             while len(order) < 4:
                 frame = await client.recv()
                 if frame["type"] == "result":
@@ -69,7 +69,7 @@ def test_many_sockets_each_get_only_their_own_results(server: ServerThread) -> N
         async with await Client.connect(server.ws_url) as client:
             for n in range(per_socket):
                 await client.send({"op": "submit", "kind": "echo", "args": {"owner": index, "n": n}})
-            seen = []
+            seen: list[int] = []
             while len(seen) < per_socket:
                 frame = await client.recv()
                 if frame["type"] == "result":
