@@ -300,3 +300,37 @@ def test_every_real_draw_parses_from_each_era_markup() -> None:
         for page in pages:
             result = parse_page(page, day)
             assert (result["numbers"], result["stars"]) == (numbers, stars), row
+
+
+def test_at_most_a_few_requests_at_a_time_to_the_site(worker: EuroResults, http: FixtureHTTP) -> None:
+    dates = [dt.date(2024, 3, 1) + dt.timedelta(days=n) for n in range(31)]
+    dates = [day for day in dates if day.weekday() in (1, 4)]
+    lock, active, peak = threading.Lock(), [0], [0]
+    arrived = threading.Semaphore(0)
+    release = threading.Event()
+
+    def page(handler: BaseHTTPRequestHandler) -> None:
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        arrived.release()
+        release.wait(30)
+        day = dt.datetime.strptime(handler.path.rsplit("/", 1)[1], "%d-%m-%Y").date()
+        body = current_page(f"{day:%A} {day.day} {day:%B %Y}", [1, 2, 3, 4, 5], [1, 2])
+        with lock:
+            active[0] -= 1
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    base = worker.base_url.split(str(http.port))[1]
+    for day in dates:
+        http.add(base + day.strftime("%d-%m-%Y"), page)
+    with ThreadPoolExecutor(len(dates)) as pool:
+        futures = [pool.submit(worker.run, {"date": day.isoformat()}) for day in dates]
+        assert arrived.acquire(timeout=30) and arrived.acquire(timeout=30), "two requests are let through"
+        assert not arrived.acquire(timeout=0.5), "a third request waits for one of the first two"
+        release.set()
+        assert [future.result(30)["date"] for future in futures] == [day.isoformat() for day in dates]
+    assert peak[0] == 2
