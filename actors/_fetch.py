@@ -46,10 +46,10 @@ def forbidden_reason(address: str) -> str | None:
     for reason, hit in (
         ("loopback", ip.is_loopback),
         ("link-local", ip.is_link_local),
-        ("private", ip.is_private),
-        ("multicast", ip.is_multicast),
         ("unspecified", ip.is_unspecified),
+        ("multicast", ip.is_multicast),
         ("reserved", ip.is_reserved),
+        ("private", ip.is_private),
     ):
         if hit:
             return reason

@@ -1,17 +1,21 @@
-"""audio.length: the exact length of the audio at a URL."""
+"""audio.length: the exact length of the audio at a URL, from its header where the format states it."""
 
 from __future__ import annotations
 
 import io
 import os
+import re
 import tempfile
 from typing import Any
 
 from actors._base import InvalidArgs, JobFailed, JobKind, PoolSpec, WorkerConfig
-from actors._fetch import Fetcher, UrlGuard, check_url
-from actors._riff import RiffError, read_riff
+from actors._fetch import Download, Fetcher, UrlGuard, check_url
+from actors._headers import HeaderError, Length, aiff_length, flac_length, mp3_has_length_frame, sniff, wav_length
 
 MAX_URL = 4096
+PREFIX_BYTES = 256 * 1024  # a range request of this much holds the header of every format read here
+HEADER_READERS = {"WAV": wav_length, "FLAC": flac_length, "AIFF": aiff_length}
+CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+)")
 
 
 def validate(args: dict[str, Any]) -> dict[str, Any]:
@@ -36,30 +40,63 @@ def _looks_like_text(head: bytes) -> bool:
     return start.startswith((b"<", b"{", b"[")) or b"<html" in head[:1024].lower()
 
 
+def _result(length: Length, method: str) -> dict[str, Any]:
+    if length.frames <= 0:
+        raise JobFailed("not_audio", "the file holds no audio frames")
+    if length.sample_rate <= 0 or length.channels <= 0:
+        raise JobFailed("not_audio", "the file declares no sample rate or no channels")
+    return {
+        "duration": length.frames / length.sample_rate,
+        "frames": length.frames,
+        "sample_rate": length.sample_rate,
+        "channels": length.channels,
+        "format": length.format,
+        "method": method,
+    }
+
+
+def from_header(data: bytes, total: int) -> dict[str, Any] | None:
+    """The length from the first bytes of a file of `total` bytes, where its header states it."""
+    reader = HEADER_READERS.get(sniff(data[:4096]) or "")
+    if reader is None:
+        return None
+    try:
+        found = reader(data, total)
+    except HeaderError as exc:
+        raise JobFailed("not_audio", str(exc)) from None
+    return None if found is None else _result(found, "header")
+
+
 def measure(body: bytes) -> dict[str, Any]:
-    """Frames, rate, channels and format of an audio file held in memory."""
-    if not body:
+    """The length of a whole audio file held in memory: from its header if possible, else by decoding."""
+    if not body.strip(b"\x00 \t\r\n"):
         raise JobFailed("not_audio", "the URL returned an empty body")
     if _looks_like_text(body[:1024]):
         raise JobFailed("not_audio", "the URL returned a text/HTML document, not audio")
+    found = from_header(body, len(body))
+    if found is not None:
+        return found
+    container = sniff(body[:4096])
+    if container != "MP3" or mp3_has_length_frame(body[:8192]):
+        info = _soundfile_info(body)
+        if info is not None:
+            return _result(info, "header")
+    return _decode(body, container)
+
+
+def _soundfile_info(body: bytes) -> Length | None:
     import soundfile
 
     try:
         info = soundfile.info(io.BytesIO(body))
-        if info.frames > 0 and info.samplerate > 0 and info.format != "MPEG":
-            return _result(info.frames, info.samplerate, info.channels, info.format, "header")
-    except (RuntimeError, soundfile.LibsndfileError):
-        pass
-    if body[:4] in (b"RIFF", b"RIFX", b"RF64"):
-        try:
-            riff = read_riff(body)
-        except RiffError as exc:
-            raise JobFailed("not_audio", f"broken WAV file: {exc}") from None
-        return _result(riff.frames, riff.sample_rate, riff.channels, "WAV", "header")
-    return _decode(body)
+    except (RuntimeError, soundfile.LibsndfileError, ValueError, EOFError):
+        return None
+    if info.frames <= 0 or info.samplerate <= 0:
+        return None
+    return Length(int(info.frames), int(info.samplerate), int(info.channels), str(info.format))
 
 
-def _decode(body: bytes) -> dict[str, Any]:
+def _decode(body: bytes, container: str | None) -> dict[str, Any]:
     import librosa
 
     fd, path = tempfile.mkstemp(prefix="ami-audio-")
@@ -69,60 +106,62 @@ def _decode(body: bytes) -> dict[str, Any]:
         try:
             samples, rate = librosa.load(path, sr=None, mono=False)
         except Exception as exc:
-            raise JobFailed("unsupported_format", f"not a readable audio format ({type(exc).__name__})") from None
+            if container is None:
+                raise JobFailed("unsupported_format", "not an audio format this service reads") from None
+            raise JobFailed("not_audio", f"the {container} file cannot be decoded ({type(exc).__name__})") from None
     finally:
         os.unlink(path)
-    frames = int(samples.shape[-1])
-    if frames == 0:
-        raise JobFailed("not_audio", "the file holds no audio frames")
     channels = 1 if samples.ndim == 1 else int(samples.shape[0])
-    return _result(frames, int(rate), channels, _guess_format(body), "decode")
+    return _result(Length(int(samples.shape[-1]), int(rate), channels, container or "UNKNOWN"), "decode")
 
 
-def _guess_format(body: bytes) -> str:
-    if body[:3] == b"ID3" or (len(body) > 1 and body[0] == 0xFF and body[1] & 0xE0 == 0xE0):
-        return "MP3"
-    return "UNKNOWN"
+def _total_size(download: Download) -> int | None:
+    match = CONTENT_RANGE.match(download.headers.get("Content-Range", ""))
+    return int(match.group(3)) if download.status == 206 and match else None
 
 
-def _result(frames: int, rate: int, channels: int, fmt: str, method: str) -> dict[str, Any]:
-    if rate <= 0 or channels <= 0:
-        raise JobFailed("not_audio", "the file declares no sample rate or channels")
-    return {
-        "duration": frames / rate,
-        "frames": int(frames),
-        "sample_rate": int(rate),
-        "channels": int(channels),
-        "format": fmt,
-        "method": method,
-    }
+def _check_status(download: Download) -> None:
+    if download.status >= 400:
+        raise JobFailed("fetch_failed", f"HTTP {download.status} from {download.url}")
 
 
 class AudioLength:
-    """Downloads the audio at a URL and measures it."""
+    """Measures the audio at a URL, downloading only the header where that is enough."""
 
-    def __init__(self, config: WorkerConfig) -> None:
-        guard = UrlGuard(allow_private=config.allow_private_urls)
+    def __init__(self, config: WorkerConfig, guard: UrlGuard | None = None) -> None:
+        guard = guard or UrlGuard(allow_private=config.allow_private_urls)
         self.fetcher = Fetcher(guard, timeout=config.fetch_timeout, max_bytes=config.max_audio_bytes)
 
     def warmup(self) -> None:
         # librosa's first decode compiles numba code (~12 s); pay it here, not in a user's job.
+        import librosa
         import numpy as np
         import soundfile
 
         buffer = io.BytesIO()
         soundfile.write(buffer, np.zeros(800, dtype="float32"), 8000, format="WAV")
-        import librosa
-
         librosa.load(io.BytesIO(buffer.getvalue()), sr=None)
 
     def run(self, args: dict[str, Any]) -> dict[str, Any]:
-        download = self.fetcher.get(args["url"])
-        if download.status >= 400:
-            raise JobFailed("fetch_failed", f"HTTP {download.status} from {download.url}")
-        result = measure(download.body)
-        result["bytes"] = len(download.body)
-        return result
+        url = args["url"]
+        first = self.fetcher.get(url, headers={"Range": f"bytes=0-{PREFIX_BYTES - 1}"})
+        if first.status == 416:  # an empty file has no byte 0
+            first = self.fetcher.get(url)
+        _check_status(first)
+        total = _total_size(first)
+        downloaded = len(first.body)
+        if total is not None and total > self.fetcher.max_bytes:
+            raise JobFailed("too_large", f"{url} is {total} bytes; the limit is {self.fetcher.max_bytes}")
+        if total is not None and downloaded < total:
+            found = from_header(first.body, total)
+            if found is not None:
+                return {**found, "bytes": downloaded}
+            whole = self.fetcher.get(url)
+            _check_status(whole)
+            body, downloaded = whole.body, downloaded + len(whole.body)
+        else:
+            body = first.body
+        return {**measure(body), "bytes": downloaded}
 
 
 KIND = JobKind(

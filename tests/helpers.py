@@ -192,7 +192,7 @@ class FixtureHTTP:
             def _serve(self, fixture: Fixture) -> None:
                 body, status, headers = fixture.body, fixture.status, dict(fixture.headers)
                 wanted = self.headers.get("Range", "")
-                if fixture.ranges and status == 200:
+                if fixture.ranges and status == 200 and body:
                     headers["Accept-Ranges"] = "bytes"
                     if wanted.startswith("bytes="):
                         start_text, _, end_text = wanted[6:].partition("-")
