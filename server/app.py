@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -19,26 +21,31 @@ from actors import JobKind, all_kinds
 from server import rest
 from server.config import Settings
 from server.dispatcher import Dispatcher
-from server.jobs import Job, JobTable
+from server.jobs import Job, JobState, JobTable
 from server.raysetup import RayInfo, dashboard_sign_in, ray_session
 from server.session import Session
+from server.store import Store, open_store, purge_forever
 
 log = logging.getLogger("server")
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+MAX_RESTARTS = 3  # server restarts a job may live through before it fails instead of running again
 
 
 class Services:
-    """What every request handler shares: settings, kinds, the job table and the dispatcher."""
+    """What every request handler shares: settings, kinds, the job store and table, the dispatcher."""
 
-    def __init__(self, settings: Settings, ray_info: RayInfo) -> None:
+    def __init__(self, settings: Settings, ray_info: RayInfo, store: Store) -> None:
         self.settings = settings
         self.ray = ray_info
+        self.store = store
+        self.owner = settings.server_id or f"{socket.gethostname()}:{settings.port}"
         self.kinds: dict[str, JobKind] = {
             name: kind for name, kind in all_kinds().items() if not kind.optional or settings.enable_echo
         }
-        self.table = JobTable(settings.max_finished_jobs, settings.result_ttl)
+        self.table = JobTable(store, settings.max_finished_jobs, settings.result_ttl)
         self.dispatcher = Dispatcher(settings, self.table, self.kinds)
+        self._background: set[asyncio.Task[Any]] = set()
         self._kinds_frame = {
             "type": "kinds",
             "kinds": [
@@ -50,20 +57,79 @@ class Services:
     def kinds_frame(self, ref: str | None) -> dict[str, Any]:
         return dict(self._kinds_frame, ref=ref) if ref is not None else self._kinds_frame
 
-    def new_job(self, kind: str, args: dict[str, Any], ref: str | None = None) -> Job:
-        return self.table.add(Job(kind, args, ref))
+    def submit(self, kind: str, args: dict[str, Any], ref: str | None, accepted: Callable[[Job | None], None]) -> Job:
+        """Save a new job, then call `accepted` (with None if it could not be saved), then run it."""
+        self.dispatcher.check_capacity(kind, ref)
+        job = self.table.add(Job(kind, args, ref, owner=self.owner))
 
-    def start_job(self, job: Job) -> None:
-        self.dispatcher.submit(job)
+        def saved(ok: bool) -> None:
+            if not ok:
+                self.table.drop(job)
+                accepted(None)
+                return
+            accepted(job)
+            self.dispatcher.submit(job)
+
+        self.store.put(job, saved)
+        return job
+
+    async def submit_async(self, kind: str, args: dict[str, Any]) -> Job | None:
+        future: asyncio.Future[Job | None] = asyncio.get_running_loop().create_future()
+        self.submit(kind, args, None, future.set_result)
+        return await future
+
+    def cancel(self, job: Job) -> None:
+        if job.remote:
+            self.store.request_cancel(job.id)
+        else:
+            self.dispatcher.cancel(job)
+
+    def cancel_requested(self, job_id: str) -> None:
+        """Another server asks to cancel a job; it is ours to cancel if we run it."""
+        job = self.table.get(job_id)
+        if job is not None and not job.remote:
+            self.dispatcher.cancel(job)
+
+    def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _resubmit(self, job: Job) -> Callable[[bool], None]:
+        return lambda saved: self.dispatcher.submit(job)
+
+    async def recover(self) -> int:
+        """Run again the jobs this server had accepted but not finished when it last stopped."""
+        jobs = await self.store.unfinished(self.owner)
+        for job in jobs:
+            job.restarts += 1
+            job.state = JobState.QUEUED
+            self.table.add(job)
+            if job.restarts > MAX_RESTARTS:
+                message = f"the server stopped {job.restarts - 1} times while this job ran; giving up"
+                self.table.finish(job, JobState.FAILED, error={"code": "worker_lost", "message": message})
+            else:
+                self.store.put(job, self._resubmit(job))
+        if jobs:
+            log.info("resubmitted %d jobs left unfinished by the last run", len(jobs))
+        return len(jobs)
 
 
 @asynccontextmanager
 async def services_context(settings: Settings) -> AsyncIterator[Services]:
     async with AsyncExitStack() as stack:
         ray_info = stack.enter_context(ray_session(settings))
-        services = Services(settings, ray_info)
+        store = open_store(settings.store, settings.data_dir, settings.result_ttl)
+        await store.open()
+        stack.push_async_callback(store.close)
+        services = Services(settings, ray_info, store)
         services.dispatcher.start()
         stack.push_async_callback(services.dispatcher.close)
+        store.listen(lambda job_id: services.spawn(services.table.remote_finished(job_id)),
+                     services.cancel_requested)
+        await services.recover()
+        services.spawn(purge_forever(store, settings.result_ttl))
+        stack.callback(lambda: [task.cancel() for task in services._background])
         yield services
 
 
@@ -103,5 +169,6 @@ def announce(settings: Settings, services: Services) -> None:
     ]
     if services.ray.dashboard_url:
         lines.append(f"Dashboard: {services.ray.dashboard_url} ({dashboard_sign_in()})")
-    lines.append(f"Ray:       {services.ray.address}; kinds: {', '.join(sorted(services.kinds))}")
+    lines.append(f"Ray:       {services.ray.address}; kinds: {', '.join(sorted(services.kinds))}; "
+                 f"store: {settings.store}")
     print("\n".join(lines), flush=True)

@@ -34,7 +34,7 @@ class Settings:
         default=None, metadata=_env("RAY_ADDRESS", "Ray cluster to join; unset: embedded local Ray")
     )
     data_dir: Path = field(default=Path("data"), metadata=_env("AMI_DATA_DIR", "where the job store lives"))
-    store: str = field(default="sqlite", metadata=_env("AMI_STORE", "job store: sqlite or redis://host:port/db"))
+    store: str = field(default="sqlite", metadata=_env("AMI_STORE", "job store: sqlite, memory (no persistence) or redis://host:port/db"))
     euro_url: str = field(
         default="https://www.euro-millions.com/results/",
         metadata=_env("AMI_EURO_URL", "results page prefix; the date is appended as DD-MM-YYYY"),
@@ -80,6 +80,9 @@ class Settings:
     dashboard_url: str | None = field(
         default=None, metadata=_env("AMI_DASHBOARD_URL", "dashboard link shown to users when joining a cluster")
     )
+    server_id: str = field(
+        default="", metadata=_env("AMI_SERVER_ID", "this server's name in the job store; unset: host:port")
+    )
     namespace: str = field(default="ami", metadata=_env("AMI_NAMESPACE", "Ray namespace of the actors"))
     log_level: str = field(default="info", metadata=_env("AMI_LOG_LEVEL", "debug, info, warning or error"))
 
@@ -123,8 +126,8 @@ class Settings:
             (self.fetch_timeout > 0, "AMI_FETCH_TIMEOUT", "must be positive"),
             (self.job_timeout > 0, "AMI_JOB_TIMEOUT", "must be positive"),
             (0 < self.actor_cpus <= 64, "AMI_ACTOR_CPUS", "must be in (0, 64]"),
-            (self.store == "sqlite" or self.store.startswith("redis://"), "AMI_STORE",
-             "must be 'sqlite' or a redis:// URL"),
+            (self.store in ("sqlite", "memory") or self.store.startswith(("redis://", "rediss://", "unix://")),
+             "AMI_STORE", "must be 'sqlite', 'memory' or a redis:// URL"),
             (self.euro_url.startswith(("http://", "https://")), "AMI_EURO_URL", "must be an http(s) URL"),
         ]
         for ok, name, why in checks:

@@ -70,6 +70,7 @@ class Dispatcher:
         self.pools: dict[str, Pool] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watch_ready: asyncio.Task[None] | None = None
+        self.closing = False  # once set, calls cut off by the shutdown leave their jobs unfinished
 
     def start(self) -> None:
         """Create every pool's actors; they warm up on their own while jobs already queue at them."""
@@ -114,6 +115,8 @@ class Dispatcher:
             await asyncio.shield(self._watch_ready)
 
     async def close(self) -> None:
+        """Stop the actors; jobs still running stay unfinished in the store, for the next start to run."""
+        self.closing = True
         if self._watch_ready is not None:
             self._watch_ready.cancel()
         for pool in self.pools.values():
@@ -121,16 +124,23 @@ class Dispatcher:
                 ray.kill(handle, no_restart=True)
         self.pools.clear()
 
+    def check_capacity(self, kind: str, ref: str | None = None) -> None:
+        """Refuse a new job of `kind` with `busy` when too many are already waiting."""
+        pool = self.pools.get(kind)
+        if pool is None:
+            raise RequestError(ErrorCode.BUSY, f"no actors serve {kind} on this server", ref)
+        if len(pool.pending) >= self.settings.max_pending:
+            raise RequestError(ErrorCode.BUSY, f"{len(pool.pending)} {kind} jobs are waiting; try again later", ref)
+
     def submit(self, job: Job) -> None:
+        if self.closing:
+            return
         pool = self.pools[job.kind]
         actor = pool.free_actor() if not pool.pending else None
         if actor is not None:
             self._launch(pool, job, actor)
-            return
-        if len(pool.pending) >= self.settings.max_pending:
-            raise RequestError(ErrorCode.BUSY, f"{len(pool.pending)} {job.kind} jobs are waiting; try again later",
-                               job.ref)
-        pool.pending.append(job)
+        else:
+            pool.pending.append(job)
 
     def cancel(self, job: Job) -> bool:
         """Cancel an unfinished job; False when it had already ended."""
@@ -166,12 +176,16 @@ class Dispatcher:
             self._launch(pool, pool.pending.popleft(), actor)
 
     def _time_out(self, job: Job) -> None:
+        if self.closing:
+            return
         running = job.running
         seconds = f"{self.settings.job_timeout:g}"
         if self.table.finish(job, JobState.FAILED, error=_error("timeout", f"the job ran longer than {seconds} s")):
             ray.cancel(running.ref)
 
     def _done(self, pool: Pool, job: Job, actor: int, future: asyncio.Future[Any]) -> None:
+        if self.closing:
+            return
         pool.inflight[actor] -= 1
         running = job.running
         if isinstance(running, Running) and running.actor == actor:

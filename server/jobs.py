@@ -7,7 +7,10 @@ import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from server.store import Store
 
 
 class JobState(StrEnum):
@@ -41,9 +44,13 @@ class Job:
     finished_at: float | None = None
     result: Any = None
     error: dict[str, str] | None = None
+    owner: str = ""  # the server that runs it (and resubmits it after a crash)
+    restarts: int = 0  # times a server restarted with this job unfinished
     attempts: int = 0
     watchers: dict[Watcher, str | None] = field(default_factory=dict)
     running: Any = None  # the dispatcher's handle on the call in flight
+    published: bool = False  # the terminal result is saved and has been pushed
+    remote: bool = False  # runs on another server sharing the store
 
     @property
     def finished(self) -> bool:
@@ -70,9 +77,14 @@ class Job:
 
 
 class JobTable:
-    """Every job this server knows: unfinished ones, and finished ones until they expire."""
+    """Every job this server knows: unfinished ones, and finished ones until they expire.
 
-    def __init__(self, max_finished: int = 100_000, ttl: float = 48 * 3600.0) -> None:
+    A job's terminal result is saved to the store before any watcher sees it; jobs of other servers
+    sharing the store are looked up there and followed until they finish.
+    """
+
+    def __init__(self, store: Store, max_finished: int = 100_000, ttl: float = 48 * 3600.0) -> None:
+        self.store = store
         self.jobs: dict[str, Job] = {}
         self._finished: OrderedDict[str, float] = OrderedDict()
         self.max_finished = max_finished
@@ -82,22 +94,53 @@ class JobTable:
         self.jobs[job.id] = job
         return job
 
+    def drop(self, job: Job) -> None:
+        self.jobs.pop(job.id, None)
+
     def get(self, job_id: str) -> Job | None:
         return self.jobs.get(job_id)
+
+    async def lookup(self, job_id: str) -> Job | None:
+        """A job from memory, or else from the store (a job of another server, or of before a restart)."""
+        job = self.jobs.get(job_id)
+        if job is not None:
+            return job
+        job = await self.store.get(job_id)
+        if job is None:
+            return None
+        known = self.jobs.get(job_id)  # it may have arrived while the store answered
+        if known is not None:
+            return known
+        job.remote = True
+        self.jobs[job.id] = job
+        if job.published:
+            self._remember(job)
+        return job
+
+    async def remote_finished(self, job_id: str) -> None:
+        """Another server finished a job: push its saved result to the watchers here."""
+        job = self.jobs.get(job_id)
+        if job is None or not job.remote or job.published:
+            return
+        saved = await self.store.get(job_id)
+        if saved is None or not saved.finished or job.published:
+            return
+        job.state, job.result, job.error, job.finished_at = saved.state, saved.result, saved.error, saved.finished_at
+        self._publish(job, True)
 
     def start(self, job: Job) -> None:
         job.state = JobState.RUNNING
         job.started_at = time.time()
 
     def watch(self, job: Job, watcher: Watcher, ref: str | None = None) -> None:
-        """Send `watcher` the job's result: now if it is finished, else when it finishes."""
-        if job.finished:
+        """Send `watcher` the job's result: now if it is finished and saved, else when it is."""
+        if job.published:
             watcher.push(job.result_frame(ref))
         else:
             job.watchers[watcher] = ref
 
     def finish(self, job: Job, state: JobState, result: Any = None, error: dict[str, str] | None = None) -> bool:
-        """End a job once and push its result to every watcher; False if it had already ended."""
+        """End a job once: save its result, then push it to every watcher. False if it had already ended."""
         if job.finished:
             return False
         job.state = state
@@ -105,16 +148,21 @@ class JobTable:
         job.error = error
         job.finished_at = time.time()
         job.running = None
+        self.store.finish(job, lambda saved: self._publish(job, saved))
+        return True
+
+    def _publish(self, job: Job, saved: bool) -> None:
+        job.published = True
         watchers, job.watchers = job.watchers, {}
         for watcher, ref in watchers.items():
             watcher.forget(job)
             watcher.push(job.result_frame(ref))
-        self._finished[job.id] = job.finished_at
-        self._expire(job.finished_at)
-        return True
+        self._remember(job)
 
-    def _expire(self, now: float) -> None:
+    def _remember(self, job: Job) -> None:
         finished = self._finished
+        now = job.finished_at or time.time()
+        finished[job.id] = now
         while finished and (len(finished) > self.max_finished or next(iter(finished.values())) < now - self.ttl):
             job_id, _ = finished.popitem(last=False)
             self.jobs.pop(job_id, None)

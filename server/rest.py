@@ -7,7 +7,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
@@ -59,7 +59,7 @@ async def _body(request: Request) -> dict[str, Any]:
     return body
 
 
-def _create(services: Services, kind_name: str, args: Any, callback: bool = False) -> Job:
+async def _create(services: Services, kind_name: str, args: Any, callback: bool = False) -> Job:
     kind = services.kinds.get(kind_name) if isinstance(kind_name, str) else None
     if kind is None:
         raise RequestError(ErrorCode.UNKNOWN_KIND, f"unknown kind {kind_name!r}")
@@ -69,17 +69,18 @@ def _create(services: Services, kind_name: str, args: Any, callback: bool = Fals
         valid = kind.validate(args)
     except InvalidArgs as exc:
         raise RequestError(ErrorCode.INVALID_ARGS, exc.message) from None
-    job = services.new_job(kind.name, valid)
+    job = await services.submit_async(kind.name, valid)
+    if job is None:
+        raise RequestError(ErrorCode.BUSY, "the job store cannot save jobs right now; try again")
     if callback:
         services.table.watch(job, CallbackLogger())
-    services.start_job(job)
     return job
 
 
-def _handler(make: Callable[[Services, dict[str, Any]], JSONResponse]) -> Callable[[Request], Any]:
+def _handler(make: Callable[[Services, dict[str, Any]], Awaitable[JSONResponse]]) -> Callable[[Request], Any]:
     async def endpoint(request: Request) -> JSONResponse:
         try:
-            return make(request.app.state.services, await _body(request))
+            return await make(request.app.state.services, await _body(request))
         except RequestError as exc:
             status = 503 if exc.code is ErrorCode.BUSY else 422
             return _problem(status, exc.code, exc.message)
@@ -93,13 +94,13 @@ def _iso(timestamp: float | None) -> str | None:
     return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat()
 
 
-def post_job(services: Services, body: dict[str, Any]) -> JSONResponse:
-    job = _create(services, body.get("kind"), body.get("args", {}))  # type: ignore[arg-type]
+async def post_job(services: Services, body: dict[str, Any]) -> JSONResponse:
+    job = await _create(services, body.get("kind"), body.get("args", {}))  # type: ignore[arg-type]
     return JSONResponse({"job": job.id}, status_code=201)
 
 
 async def get_job(request: Request) -> JSONResponse:
-    job = request.app.state.services.table.get(request.path_params["job"])
+    job = await request.app.state.services.table.lookup(request.path_params["job"])
     if job is None:
         return _problem(404, "not_found", "no such job")
     body: dict[str, Any] = {"job": job.id, "kind": job.kind, "state": str(job.state)}
@@ -112,13 +113,13 @@ async def get_job(request: Request) -> JSONResponse:
     return JSONResponse(body)
 
 
-def post_audio_length(services: Services, body: dict[str, Any]) -> JSONResponse:
-    job = _create(services, "audio.length", {"url": body.get("audio_url")}, bool(body.get("callback")))
+async def post_audio_length(services: Services, body: dict[str, Any]) -> JSONResponse:
+    job = await _create(services, "audio.length", {"url": body.get("audio_url")}, bool(body.get("callback")))
     return JSONResponse({"id": job.id}, status_code=201)
 
 
-def post_euro_results(services: Services, body: dict[str, Any]) -> JSONResponse:
-    job = _create(services, "euro.results", {"date": body.get("draw_date")}, bool(body.get("callback")))
+async def post_euro_results(services: Services, body: dict[str, Any]) -> JSONResponse:
+    job = await _create(services, "euro.results", {"date": body.get("draw_date")}, bool(body.get("callback")))
     return JSONResponse({"id": job.id}, status_code=201)
 
 
@@ -133,7 +134,7 @@ def _old_result(job: Job) -> Any:
 
 
 async def get_task(request: Request) -> JSONResponse:
-    job = request.app.state.services.table.get(request.path_params["task"])
+    job = await request.app.state.services.table.lookup(request.path_params["task"])
     if job is None:
         return _problem(404, "not_found", "no such task")
     body = {

@@ -57,7 +57,7 @@ class Session:
                 if text is None:
                     self.push(error_frame(ErrorCode.BAD_REQUEST, "binary frames are not supported; send text"))
                 else:
-                    self.receive_text(text)
+                    await self.receive_text(text)
         except WebSocketDisconnect:
             pass
         finally:
@@ -91,31 +91,34 @@ class Session:
     def forget(self, job: Job) -> None:
         self.watching.discard(job)
 
-    def receive_text(self, text: str) -> None:
+    async def receive_text(self, text: str) -> None:
         limit = self.services.settings.max_frame_bytes
         if len(text) > limit or len(text.encode()) > limit:
             self.push(error_frame(ErrorCode.TOO_LARGE, f"frame larger than {limit} bytes"))
             return
         try:
-            self.handle(parse_request(text))
+            request = parse_request(text)
+            if isinstance(request, Submit):
+                self.submit(request)  # no await: a socket's submissions are saved in batches
+            else:
+                await self.handle(request)
         except RequestError as exc:
             self.push(error_frame(exc.code, exc.message, exc.ref, exc.job))
 
-    def handle(self, request: Request) -> None:
+    async def handle(self, request: Request) -> None:
         services = self.services
-        if isinstance(request, Submit):
-            self.submit(request)
-        elif isinstance(request, Watch):
+        if isinstance(request, Watch):
             for job_id in request.jobs:
-                job = self._job(job_id, request.ref, raise_=False)
-                if job is not None:
-                    self._watch(job, request.ref)
+                try:
+                    self._watch(await self._job(job_id, request.ref), request.ref)
+                except RequestError as exc:
+                    self.push(error_frame(exc.code, exc.message, exc.ref, exc.job))
         elif isinstance(request, Status):
-            self.push(self._job(request.job, request.ref).status_frame(request.ref))
+            self.push((await self._job(request.job, request.ref)).status_frame(request.ref))
         elif isinstance(request, Cancel):
-            job = self._job(request.job, request.ref)
+            job = await self._job(request.job, request.ref)
             self._watch(job, request.ref)  # the cancelled (or earlier) result goes to the canceller too
-            services.dispatcher.cancel(job)
+            services.cancel(job)
         elif isinstance(request, Kinds):
             self.push(services.kinds_frame(request.ref))
         elif isinstance(request, Ping):
@@ -125,36 +128,40 @@ class Session:
 
     def submit(self, request: Submit) -> None:
         services = self.services
+        ref = request.ref
         kind = services.kinds.get(request.kind)
         if kind is None:
             names = ", ".join(sorted(services.kinds))
-            raise RequestError(ErrorCode.UNKNOWN_KIND, f"unknown kind {request.kind!r}; kinds are {names}",
-                               request.ref)
+            raise RequestError(ErrorCode.UNKNOWN_KIND, f"unknown kind {request.kind!r}; kinds are {names}", ref)
         try:
             args = kind.validate(request.args)
         except InvalidArgs as exc:
-            raise RequestError(ErrorCode.INVALID_ARGS, exc.message, request.ref) from None
+            raise RequestError(ErrorCode.INVALID_ARGS, exc.message, ref) from None
         if len(self.watching) >= services.settings.max_jobs_per_connection:
             raise RequestError(ErrorCode.BUSY, f"this connection has {len(self.watching)} unfinished jobs; "
-                                               "wait for some results", request.ref)
-        job = services.new_job(kind.name, args, request.ref)
-        self.push(_with_ref({"type": "accepted", "job": job.id, "kind": job.kind}, request.ref))
-        self._watch(job, request.ref)
-        services.start_job(job)
+                                               "wait for some results", ref)
+
+        def accepted(job: Job | None) -> None:
+            if job is None:
+                self.push(error_frame(ErrorCode.BUSY, "the job store cannot save jobs right now; try again", ref))
+                return
+            self.push(_with_ref({"type": "accepted", "job": job.id, "kind": job.kind}, ref))
+            self._watch(job, ref)
+
+        services.submit(kind.name, args, ref, accepted)
 
     def _watch(self, job: Job, ref: str | None) -> None:
-        if not job.finished:
+        if self.closed:
+            return
+        if not job.published:
             self.watching.add(job)
         self.services.table.watch(job, self, ref)
 
-    def _job(self, job_id: str, ref: str | None, raise_: bool = True) -> Job:
-        job = self.services.table.get(job_id)
+    async def _job(self, job_id: str, ref: str | None) -> Job:
+        job = await self.services.table.lookup(job_id)
         if job is None:
-            error = RequestError(ErrorCode.NOT_FOUND, f"no job {job_id!r}", ref, job_id)
-            if raise_:
-                raise error
-            self.push(error_frame(error.code, error.message, ref, job_id))
-        return job  # type: ignore[return-value]
+            raise RequestError(ErrorCode.NOT_FOUND, f"no job {job_id!r}", ref, job_id)
+        return job
 
 
 def _with_ref(frame: dict[str, Any], ref: str | None) -> dict[str, Any]:

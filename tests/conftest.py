@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import ray
@@ -29,8 +30,9 @@ def http() -> Iterator[FixtureHTTP]:
         yield server
 
 
-def test_settings(http: FixtureHTTP, **changes: object) -> Settings:
+def test_settings(http: FixtureHTTP, data_dir: Path, **changes: object) -> Settings:
     base = Settings(
+        data_dir=data_dir,
         enable_echo=True,
         allow_private_urls=True,
         euro_url=http.url("/euro/"),
@@ -46,8 +48,8 @@ test_settings.__test__ = False  # type: ignore[attr-defined]
 
 
 @pytest.fixture(scope="session")
-def server(ray_session: None, http: FixtureHTTP) -> Iterator[ServerThread]:
+def server(ray_session: None, http: FixtureHTTP, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
     """The app with every kind, echo included, on real uvicorn; actors warmed up before the first test."""
-    with ServerThread(test_settings(http)) as running:
+    with ServerThread(test_settings(http, tmp_path_factory.mktemp("data"))) as running:
         running.wait_ready()
         yield running

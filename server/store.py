@@ -1,0 +1,338 @@
+"""The job store: every job written before it is accepted, every result before it is pushed.
+
+Three backends behind one small interface: `memory` (nothing survives a restart; benchmarks),
+`sqlite` (the embedded default, one file under the data dir), and `redis://` (shared by several
+servers, with pub/sub telling each server when another finished a job). Writes never block the
+event loop: they queue for a writer that commits them in batches and then calls back in the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from server.jobs import Job, JobState
+
+log = logging.getLogger("server.store")
+
+Done = Callable[[bool], None]  # called in the event loop once a write is durable (False: it failed)
+MAX_BATCH = 2000
+
+
+def to_record(job: Job) -> dict[str, Any]:
+    return {
+        "id": job.id, "kind": job.kind, "args": job.args, "ref": job.ref, "owner": job.owner,
+        "state": str(job.state), "created_at": job.created_at, "finished_at": job.finished_at,
+        "result": job.result, "error": job.error, "restarts": job.restarts,
+    }
+
+
+def from_record(record: dict[str, Any]) -> Job:
+    job = Job(record["kind"], record["args"], record.get("ref"), id=record["id"], owner=record.get("owner") or "",
+              state=JobState(record["state"]), created_at=float(record["created_at"]),
+              restarts=int(record.get("restarts") or 0))
+    job.finished_at = record.get("finished_at")
+    job.result = record.get("result")
+    job.error = record.get("error")
+    job.published = job.finished
+    return job
+
+
+class Store:
+    """The interface; also the `memory` backend, which keeps nothing beyond the job table."""
+
+    shared = False  # True where other servers see the same jobs (Redis)
+
+    async def open(self) -> None:
+        self.loop = asyncio.get_running_loop()
+
+    async def close(self) -> None:
+        pass
+
+    def put(self, job: Job, done: Done) -> None:
+        done(True)
+
+    def finish(self, job: Job, done: Done) -> None:
+        done(True)
+
+    async def get(self, job_id: str) -> Job | None:
+        return None
+
+    async def unfinished(self, owner: str) -> list[Job]:
+        return []
+
+    async def purge(self, before: float) -> int:
+        return 0
+
+    def listen(self, on_finished: Callable[[str], None], on_cancel: Callable[[str], None]) -> None:
+        """Be told of jobs finished, or cancels asked for, on other servers (shared stores only)."""
+
+    def request_cancel(self, job_id: str) -> None:
+        pass
+
+
+class SqliteStore(Store):
+    """One SQLite file in WAL mode; a writer thread commits queued writes in batches."""
+
+    SCHEMA = """
+        CREATE TABLE IF NOT EXISTS jobs (
+            id TEXT PRIMARY KEY, kind TEXT NOT NULL, args TEXT NOT NULL, ref TEXT, owner TEXT NOT NULL,
+            state TEXT NOT NULL, created_at REAL NOT NULL, finished_at REAL, result TEXT, error TEXT,
+            restarts INTEGER NOT NULL DEFAULT 0);
+        CREATE INDEX IF NOT EXISTS jobs_unfinished ON jobs (owner) WHERE finished_at IS NULL;
+        CREATE INDEX IF NOT EXISTS jobs_finished_at ON jobs (finished_at);
+    """
+    INSERT = ("INSERT OR REPLACE INTO jobs (id, kind, args, ref, owner, state, created_at, finished_at, result, "
+              "error, restarts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+    FINISH = "UPDATE jobs SET state = ?, finished_at = ?, result = ?, error = ? WHERE id = ?"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._writes: queue.SimpleQueue[tuple[str, tuple[Any, ...], Done] | None] = queue.SimpleQueue()
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="store-read")
+
+    def _connect(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes; WAL keeps it fast
+        connection.execute("PRAGMA busy_timeout=5000")
+        return connection
+
+    async def open(self) -> None:
+        await super().open()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        connection = self._connect()
+        connection.executescript(self.SCHEMA)
+        connection.close()
+        self._read = await self.loop.run_in_executor(self._reader, self._connect)
+        self._thread = threading.Thread(target=self._write_batches, name="store-write", daemon=True)
+        self._thread.start()
+
+    async def close(self) -> None:
+        self._writes.put(None)
+        await asyncio.to_thread(self._thread.join, 30)
+        await self.loop.run_in_executor(self._reader, self._read.close)
+        self._reader.shutdown()
+
+    def put(self, job: Job, done: Done) -> None:
+        self._writes.put((self.INSERT, (
+            job.id, job.kind, json.dumps(job.args), job.ref, job.owner, str(job.state), job.created_at,
+            job.finished_at, _dump(job.result), _dump(job.error), job.restarts), done))
+
+    def finish(self, job: Job, done: Done) -> None:
+        self._writes.put((self.FINISH, (str(job.state), job.finished_at, _dump(job.result), _dump(job.error),
+                                        job.id), done))
+
+    def _write_batches(self) -> None:
+        connection = self._connect()
+        running = True
+        while running:
+            first = self._writes.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < MAX_BATCH:
+                try:
+                    item = self._writes.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    running = False
+                    break
+                batch.append(item)
+            ok = True
+            try:
+                connection.execute("BEGIN")
+                for sql, params, _ in batch:
+                    connection.execute(sql, params)
+                connection.execute("COMMIT")
+            except sqlite3.Error:
+                log.exception("the job store could not save %d writes", len(batch))
+                ok = False
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+            callbacks = [done for _, _, done in batch]
+            self.loop.call_soon_threadsafe(_call_all, callbacks, ok)
+        connection.close()
+
+    async def _query(self, sql: str, params: tuple[Any, ...]) -> list[sqlite3.Row]:
+        def run() -> list[sqlite3.Row]:
+            self._read.row_factory = sqlite3.Row
+            return list(self._read.execute(sql, params))
+
+        return await self.loop.run_in_executor(self._reader, run)
+
+    async def get(self, job_id: str) -> Job | None:
+        rows = await self._query("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return _row_job(rows[0]) if rows else None
+
+    async def unfinished(self, owner: str) -> list[Job]:
+        rows = await self._query("SELECT * FROM jobs WHERE owner = ? AND finished_at IS NULL ORDER BY created_at",
+                                 (owner,))
+        return [_row_job(row) for row in rows]
+
+    async def purge(self, before: float) -> int:
+        def run() -> int:
+            return self._read.execute("DELETE FROM jobs WHERE finished_at < ?", (before,)).rowcount
+
+        return await self.loop.run_in_executor(self._reader, run)
+
+
+def _dump(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
+
+
+def _row_job(row: sqlite3.Row) -> Job:
+    record = dict(row)
+    record["args"] = json.loads(record["args"])
+    record["result"] = json.loads(record["result"]) if record["result"] is not None else None
+    record["error"] = json.loads(record["error"]) if record["error"] is not None else None
+    return from_record(record)
+
+
+def _call_all(callbacks: list[Done], ok: bool) -> None:
+    for done in callbacks:
+        try:
+            done(ok)
+        except Exception:
+            log.exception("a job store callback failed")
+
+
+class RedisStore(Store):
+    """Jobs as JSON strings in Redis, written in pipelined batches; finishes announced by pub/sub."""
+
+    shared = True
+    FINISHED = "ami:finished"
+    CANCEL = "ami:cancel"
+
+    def __init__(self, url: str, ttl: float) -> None:
+        self.url = url
+        self.ttl = int(ttl)
+        self._pending: list[tuple[Callable[[Any], None], Done]] = []
+        self._flushing = False
+        self._listener: asyncio.Task[None] | None = None
+
+    async def open(self) -> None:
+        import redis.asyncio as redis
+
+        await super().open()
+        self.client = redis.Redis.from_url(self.url)
+        await self.client.ping()
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            await asyncio.gather(self._listener, return_exceptions=True)
+        while self._pending or self._flushing:
+            await self._flush()
+        await self.client.aclose()
+
+    @staticmethod
+    def _key(job_id: str) -> str:
+        return f"ami:job:{job_id}"
+
+    def put(self, job: Job, done: Done) -> None:
+        record = json.dumps(to_record(job))
+
+        def write(pipe: Any) -> None:
+            pipe.set(self._key(job.id), record)
+            pipe.sadd(f"ami:unfinished:{job.owner}", job.id)
+
+        self._enqueue(write, done)
+
+    def finish(self, job: Job, done: Done) -> None:
+        record = json.dumps(to_record(job))
+
+        def write(pipe: Any) -> None:
+            pipe.set(self._key(job.id), record, ex=self.ttl)
+            pipe.srem(f"ami:unfinished:{job.owner}", job.id)
+            pipe.publish(self.FINISHED, job.id)
+
+        self._enqueue(write, done)
+
+    def _enqueue(self, write: Callable[[Any], None], done: Done) -> None:
+        self._pending.append((write, done))
+        if not self._flushing:
+            self._flushing = True
+            self.loop.create_task(self._flush())
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+                ok = True
+                try:
+                    async with self.client.pipeline(transaction=False) as pipe:
+                        for write, _ in batch:
+                            write(pipe)
+                        await pipe.execute()
+                except Exception:
+                    log.exception("the job store could not save %d writes", len(batch))
+                    ok = False
+                _call_all([done for _, done in batch], ok)
+        finally:
+            self._flushing = False
+
+    async def get(self, job_id: str) -> Job | None:
+        raw = await self.client.get(self._key(job_id))
+        return from_record(json.loads(raw)) if raw else None
+
+    async def unfinished(self, owner: str) -> list[Job]:
+        members = await self.client.smembers(f"ami:unfinished:{owner}")
+        ids = sorted(member.decode() if isinstance(member, bytes) else str(member) for member in members)
+        jobs = [await self.get(job_id) for job_id in ids]
+        return sorted((job for job in jobs if job is not None and not job.finished), key=lambda job: job.created_at)
+
+    def listen(self, on_finished: Callable[[str], None], on_cancel: Callable[[str], None]) -> None:
+        ready = self.loop.create_future()
+
+        async def run() -> None:
+            pubsub = self.client.pubsub()
+            await pubsub.subscribe(self.FINISHED, self.CANCEL)
+            ready.set_result(None)
+            try:
+                async for message in pubsub.listen():
+                    if message.get("type") != "message":
+                        continue
+                    channel, job_id = message["channel"].decode(), message["data"].decode()
+                    (on_finished if channel == self.FINISHED else on_cancel)(job_id)
+            finally:
+                await pubsub.aclose()
+
+        self._listener = self.loop.create_task(run())
+        self.subscribed = ready
+
+    def request_cancel(self, job_id: str) -> None:
+        async def publish() -> None:
+            await self.client.publish(self.CANCEL, job_id)
+
+        self.loop.create_task(publish())
+
+
+def open_store(kind: str, data_dir: Path, ttl: float) -> Store:
+    if kind == "memory":
+        return Store()
+    if kind == "sqlite":
+        return SqliteStore(data_dir / "jobs.sqlite3")
+    return RedisStore(kind, ttl)
+
+
+async def purge_forever(store: Store, ttl: float, every: float = 3600.0) -> None:
+    """Delete results older than the TTL, once an `every` seconds."""
+    while True:
+        try:
+            removed = await store.purge(time.time() - ttl)
+            if removed:
+                log.info("purged %d expired jobs", removed)
+        except Exception:
+            log.exception("purging expired jobs failed")
+        await asyncio.sleep(every)
