@@ -131,6 +131,7 @@ class JobTable:
     def start(self, job: Job) -> None:
         job.state = JobState.RUNNING
         job.started_at = time.time()
+        self.store.start(job)
 
     def watch(self, job: Job, watcher: Watcher, ref: str | None = None) -> None:
         """Send `watcher` the job's result: now if it is finished and saved, else when it is."""

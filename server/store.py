@@ -64,6 +64,9 @@ class Store:
     def finish(self, job: Job, done: Done) -> None:
         done(True)
 
+    def start(self, job: Job) -> None:
+        """Note that a job is running (best effort: nothing waits for it)."""
+
     async def get(self, job_id: str) -> Job | None:
         return None
 
@@ -94,6 +97,7 @@ class SqliteStore(Store):
     INSERT = ("INSERT OR REPLACE INTO jobs (id, kind, args, ref, owner, state, created_at, finished_at, result, "
               "error, restarts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
     FINISH = "UPDATE jobs SET state = ?, finished_at = ?, result = ?, error = ? WHERE id = ?"
+    START = "UPDATE jobs SET state = 'running' WHERE id = ? AND finished_at IS NULL"
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -131,6 +135,9 @@ class SqliteStore(Store):
     def finish(self, job: Job, done: Done) -> None:
         self._writes.put((self.FINISH, (str(job.state), job.finished_at, _dump(job.result), _dump(job.error),
                                         job.id), done))
+
+    def start(self, job: Job) -> None:
+        self._writes.put((self.START, (job.id,), _ignore))
 
     def _write_batches(self) -> None:
         connection = self._connect()
@@ -199,6 +206,10 @@ def _row_job(row: sqlite3.Row) -> Job:
     return from_record(record)
 
 
+def _ignore(ok: bool) -> None:
+    pass
+
+
 def _call_all(callbacks: list[Done], ok: bool) -> None:
     for done in callbacks:
         try:
@@ -258,6 +269,14 @@ class RedisStore(Store):
             pipe.publish(self.FINISHED, job.id)
 
         self._enqueue(write, done)
+
+    def start(self, job: Job) -> None:
+        record = json.dumps(to_record(job))
+
+        def write(pipe: Any) -> None:
+            pipe.set(self._key(job.id), record, xx=True)  # never resurrects a purged or finished record
+
+        self._enqueue(write, _ignore)
 
     def _enqueue(self, write: Callable[[Any], None], done: Done) -> None:
         self._pending.append((write, done))

@@ -53,3 +53,11 @@ def server(ray_session: None, http: FixtureHTTP, tmp_path_factory: pytest.TempPa
     with ServerThread(test_settings(http, tmp_path_factory.mktemp("data"))) as running:
         running.wait_ready()
         yield running
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    from tests.redis_server import redis_server
+
+    with redis_server(tmp_path_factory.mktemp("redis")) as url:
+        yield url

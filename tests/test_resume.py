@@ -1,0 +1,122 @@
+"""No accepted job is lost: reconnects, restarts, and servers sharing one Redis store."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import requests
+
+from server.jobs import Job, JobState
+from server.store import SqliteStore
+from tests.conftest import test_settings
+from tests.helpers import Client, FixtureHTTP, ServerThread, run
+
+ECHO_ONLY = (("audio.length", 0), ("euro.results", 0), ("echo", 1))
+
+
+def test_results_are_kept_for_a_client_that_reconnects(server: ServerThread) -> None:
+    async def scenario() -> None:
+        first = await Client.connect(server.ws_url)
+        slow = await first.submit("echo", {"n": "slow", "delay_ms": 1500}, ref="slow")
+        quick = await first.submit("echo", {"n": "quick"}, ref="quick")
+        await first.result(quick)
+        await first.close()  # gone before the slow job finishes
+
+        again = await Client.connect(server.ws_url)
+        await again.send({"op": "watch", "jobs": [quick, slow]})
+        done = await again.recv()
+        assert done["job"] == quick and done["result"] == {"n": "quick"}, "finished jobs come at once"
+        later = await again.recv(timeout=30)
+        assert later["job"] == slow and later["status"] == "succeeded" and later["result"]["n"] == "slow"
+        await again.close()
+
+        # A job that finishes while nobody is connected is still there afterwards.
+        third = await Client.connect(server.ws_url)
+        lonely = await third.submit("echo", {"n": "lonely", "delay_ms": 300})
+        await third.close()
+        fourth = await Client.connect(server.ws_url)
+        await fourth.send({"op": "watch", "jobs": [lonely]})
+        frame = await fourth.recv(timeout=30)
+        assert frame["job"] == lonely and frame["result"]["n"] == "lonely"
+        await fourth.close()
+
+    run(scenario())
+
+
+async def _seed(path: Path, jobs: list[Job]) -> None:
+    store = SqliteStore(path)
+    await store.open()
+    for job in jobs:
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        store.put(job, done.set_result)
+        await done
+    await store.close()
+
+
+def test_a_restart_resubmits_unfinished_jobs_and_gives_up_on_hopeless_ones(
+        ray_session: None, http: FixtureHTTP, tmp_path: Path) -> None:
+    owner = "restarted-server"
+    cut_off = Job("echo", {"n": 1}, "c", owner=owner, state=JobState.RUNNING)
+    hopeless = Job("echo", {"n": 2}, "h", owner=owner, restarts=3)
+    finished = Job("echo", {"n": 3}, "f", owner=owner, state=JobState.SUCCEEDED, result={"n": 3})
+    finished.finished_at = time.time()
+    someone_elses = Job("echo", {"n": 4}, None, owner="another-server")
+    run(_seed(tmp_path / "jobs.sqlite3", [cut_off, hopeless, finished, someone_elses]))
+
+    settings = test_settings(http, tmp_path, pools=ECHO_ONLY, server_id=owner)
+    with ServerThread(settings) as running:
+        async def scenario() -> dict[str, dict[str, Any]]:
+            async with await Client.connect(running.ws_url) as client:
+                await client.send({"op": "watch", "jobs": [cut_off.id, hopeless.id, finished.id]})
+                frames = [await client.recv() for _ in range(3)]
+                await client.send({"op": "status", "job": someone_elses.id})
+                frames.append(await client.recv())
+                return {frame["job"]: frame for frame in frames}
+
+        frames = run(scenario())
+    assert frames[cut_off.id]["status"] == "succeeded" and frames[cut_off.id]["result"] == {"n": 1}
+    assert frames[hopeless.id]["status"] == "failed"
+    assert frames[hopeless.id]["error"]["code"] == "worker_lost"
+    assert frames[finished.id]["result"] == {"n": 3}
+    assert frames[someone_elses.id] == {"type": "status", "job": someone_elses.id, "kind": "echo", "state": "queued"}
+
+
+@pytest.fixture
+def two_servers(ray_session: None, http: FixtureHTTP, redis_url: str, tmp_path: Path) -> Iterator[
+        tuple[ServerThread, ServerThread]]:
+    redis.Redis.from_url(redis_url).flushdb()
+    first = test_settings(http, tmp_path / "a", pools=ECHO_ONLY, store=redis_url, server_id="a")
+    second = test_settings(http, tmp_path / "b", pools=ECHO_ONLY, store=redis_url, server_id="b")
+    with ServerThread(first) as a, ServerThread(second) as b:
+        yield a, b
+
+
+def test_a_job_submitted_on_one_server_is_watched_and_cancelled_on_another(
+        two_servers: tuple[ServerThread, ServerThread]) -> None:
+    a, b = two_servers
+
+    async def scenario() -> None:
+        async with await Client.connect(a.ws_url) as on_a, await Client.connect(b.ws_url) as on_b:
+            slow = await on_a.submit("echo", {"n": "slow", "delay_ms": 1000})
+            doomed = await on_a.submit("echo", {"n": "doomed", "delay_ms": 60_000})
+            await on_b.send({"op": "watch", "jobs": [slow], "ref": "w"})
+            pushed = await on_b.result(slow, timeout=30)
+            assert pushed["status"] == "succeeded" and pushed["result"]["n"] == "slow" and pushed["ref"] == "w"
+            assert (await on_a.result(slow))["status"] == "succeeded"
+            await on_b.send({"op": "status", "job": doomed})  # started a second ago, on the other server
+            assert (await on_b.recv_until(lambda f: f["type"] == "status"))["state"] == "running"
+
+            await on_b.send({"op": "cancel", "job": doomed})
+            assert (await on_b.result(doomed, timeout=30))["status"] == "cancelled"
+            assert (await on_a.result(doomed, timeout=30))["status"] == "cancelled"
+
+            rest = await asyncio.to_thread(requests.get, f"{b.url}/jobs/{slow}", timeout=10)
+            assert rest.json()["state"] == "succeeded" and rest.json()["result"]["n"] == "slow"
+
+    run(scenario())
