@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
 .PHONY: run test lint bench clean system-deps
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_PACKAGES := redis-server
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +24,15 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check server actors tests bench
 	$(VENV)/bin/mypy
 
-test: $(STAMP) lint
+# What the tests need from the system: a real redis-server (and, for the page, Chromium).
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+test: $(STAMP) system-deps lint
 	$(PY) -m pytest
 
 bench: $(STAMP)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -39,7 +38,7 @@ class Services:
         self.settings = settings
         self.ray = ray_info
         self.store = store
-        self.owner = settings.server_id or f"{socket.gethostname()}:{settings.port}"
+        self.owner = settings.identity
         self.kinds: dict[str, JobKind] = {
             name: kind for name, kind in all_kinds().items() if not kind.optional or settings.enable_echo
         }

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
+import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,8 +85,20 @@ class Settings:
     server_id: str = field(
         default="", metadata=_env("AMI_SERVER_ID", "this server's name in the job store; unset: host:port")
     )
-    namespace: str = field(default="ami", metadata=_env("AMI_NAMESPACE", "Ray namespace of the actors"))
+    namespace: str = field(
+        default="", metadata=_env("AMI_NAMESPACE", "Ray namespace of this server's actors; unset: ami-<server id>")
+    )
     log_level: str = field(default="info", metadata=_env("AMI_LOG_LEVEL", "debug, info, warning or error"))
+
+    @property
+    def identity(self) -> str:
+        """This server's name in the job store: it resubmits the unfinished jobs saved under it."""
+        return self.server_id or f"{socket.gethostname()}:{self.port}"
+
+    @property
+    def ray_namespace(self) -> str:
+        """Servers sharing a cluster each keep their actors (audio-0, ...) in a namespace of their own."""
+        return self.namespace or "ami-" + re.sub(r"[^A-Za-z0-9_.-]", "-", self.identity)
 
     def pool_size(self, kind: str, default: int) -> int:
         return dict(self.pools).get(kind, default)

@@ -85,7 +85,7 @@ class Dispatcher:
             handles = [
                 actor_class.options(
                     name=name,
-                    namespace=self.settings.namespace,
+                    namespace=self.settings.ray_namespace,
                     num_cpus=kind.pool.num_cpus or self.settings.actor_cpus,
                     max_concurrency=kind.pool.max_concurrency,
                     max_restarts=-1,

@@ -39,14 +39,14 @@ def ray_session(settings: Settings) -> Iterator[RayInfo]:
     if settings.ray_address:
         context = ray.init(
             address=settings.ray_address,
-            namespace=settings.namespace,
+            namespace=settings.ray_namespace,
             # The cluster's nodes may not have this checkout: ship the job kinds with the job.
             runtime_env={"py_modules": [os.path.dirname(actors.__file__)]},
         )
     else:
         context = ray.init(
             address="local",  # never attach to a stale cluster by accident
-            namespace=settings.namespace,
+            namespace=settings.ray_namespace,
             num_cpus=settings.ray_num_cpus or os.cpu_count() or 1,
             object_store_memory=settings.object_store_mb * MiB,
             include_dashboard=settings.dashboard,

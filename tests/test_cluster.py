@@ -1,12 +1,15 @@
-"""The server as a separate process joining a real Ray cluster of a head and two worker nodes."""
+"""Servers as separate processes joining a real Ray cluster of a head and two worker nodes."""
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import requests
 
 from tests.helpers import Client, free_port, run
@@ -15,19 +18,38 @@ from tests.processes import Process, server_process
 pytestmark = pytest.mark.cluster
 
 
-def test_actors_run_on_worker_nodes_and_results_come_back(tmp_path: Any) -> None:
-    cluster = Process([sys.executable, "-m", "tests.cluster_nodes"])
-    server: Process | None = None
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[dict[str, Any]]:
+    nodes = Process([sys.executable, "-m", "tests.cluster_nodes"])
     try:
-        info = json.loads(cluster.wait_for_line(lambda line: line.startswith("{"), timeout=180))
-        port = free_port()
-        server = server_process(
-            "--port", str(port), "--enable-echo", "--data-dir", str(tmp_path), "--actor-cpus", "0.5",
-            "--pools", "audio.length=0,euro.results=0,echo=3",
-            env={"RAY_ADDRESS": info["address"]},
-        )
-        server.wait_for_line(lambda line: line.startswith("Socket:"), timeout=180)
+        yield json.loads(nodes.wait_for_line(lambda line: line.startswith("{"), timeout=180))
+    finally:
+        assert nodes.popen.stdin is not None
+        nodes.popen.stdin.close()
+        try:
+            nodes.popen.wait(90)
+        except Exception:
+            nodes.kill()
+            raise
 
+
+def start_server(cluster: dict[str, Any], data_dir: Path, *flags: str) -> tuple[Process, int]:
+    port = free_port()
+    server = server_process("--port", str(port), "--enable-echo", "--data-dir", str(data_dir), *flags,
+                            env={"RAY_ADDRESS": cluster["address"]})
+    server.wait_for_line(lambda line: line.startswith("Socket:"), timeout=180)
+    return server, port
+
+
+def stop(server: Process) -> None:
+    if server.popen.poll() is None:
+        assert server.stop() == 0
+
+
+def test_actors_run_on_worker_nodes_and_results_come_back(cluster: dict[str, Any], tmp_path: Path) -> None:
+    server, port = start_server(cluster, tmp_path, "--actor-cpus", "0.5",
+                                "--pools", "audio.length=0,euro.results=0,echo=3")
+    try:
         async def scenario() -> list[dict[str, Any]]:
             async with await Client.connect(f"ws://127.0.0.1:{port}/ws") as client:
                 jobs = [await client.submit("echo", {"n": n, "delay_ms": 50}) for n in range(30)]
@@ -40,17 +62,34 @@ def test_actors_run_on_worker_nodes_and_results_come_back(tmp_path: Any) -> None
         pools = requests.get(f"http://127.0.0.1:{port}/pools", timeout=10).json()["pools"]
         nodes = [actor["node_id"] for pool in pools for actor in pool["actors"]]
         assert len(nodes) == 3
-        assert set(nodes) <= set(info["workers"]), "every actor runs on a worker node"
-        assert info["head"] not in nodes
+        assert set(nodes) <= set(cluster["workers"]), "every actor runs on a worker node"
+        assert cluster["head"] not in nodes
         assert len(set(nodes)) == 2, "three half-CPU actors do not fit on one one-CPU worker"
-        assert server.stop() == 0
     finally:
-        if server is not None and server.popen.poll() is None:
-            server.kill()
-        assert cluster.popen.stdin is not None
-        cluster.popen.stdin.close()
+        stop(server)
+
+
+def test_two_server_processes_share_the_cluster_and_a_redis_store(cluster: dict[str, Any], redis_url: str,
+                                                                   tmp_path: Path) -> None:
+    redis.Redis.from_url(redis_url).flushdb()
+    flags = ("--actor-cpus", "0.1", "--pools", "audio.length=0,euro.results=0,echo=1", "--store", redis_url)
+    first, port_a = start_server(cluster, tmp_path / "a", *flags, "--server-id", "a")
+    try:
+        second, port_b = start_server(cluster, tmp_path / "b", *flags, "--server-id", "b")
         try:
-            cluster.popen.wait(90)
-        except Exception:
-            cluster.kill()
-            raise
+            async def scenario() -> None:
+                async with await Client.connect(f"ws://127.0.0.1:{port_a}/ws") as on_a, \
+                        await Client.connect(f"ws://127.0.0.1:{port_b}/ws") as on_b:
+                    job = await on_a.submit("echo", {"via": "a", "delay_ms": 1500})
+                    await on_b.send({"op": "watch", "jobs": [job]})
+                    pushed = await on_b.result(job, timeout=60)
+                    assert pushed["status"] == "succeeded" and pushed["result"]["via"] == "a"
+                    back = await on_b.submit("echo", {"via": "b"})
+                    await on_a.send(f"watch {back}")
+                    assert (await on_a.result(back, timeout=60))["result"] == {"via": "b"}
+
+            run(scenario(), timeout=120)
+        finally:
+            stop(second)
+    finally:
+        stop(first)

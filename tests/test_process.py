@@ -51,3 +51,53 @@ def test_a_bad_setting_is_one_clear_line_and_a_non_zero_exit() -> None:
                           text=True, timeout=60)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == ["error: --port: cannot use 'eighty' (TCP port to listen on)"]
+
+
+def test_jobs_accepted_before_a_sigkill_finish_after_the_restart(tmp_path: Path) -> None:
+    port = free_port()
+    flags = ("--port", str(port), "--enable-echo", "--data-dir", str(tmp_path), "--server-id", "crashy",
+             "--pools", "audio.length=0,euro.results=0,echo=1", "--no-dashboard", "--ray-num-cpus", "1",
+             "--object-store-mb", "100")
+    first = server_process(*flags)
+    try:
+        first.wait_for_line(lambda line: line.startswith("Socket:"))
+
+        async def load() -> tuple[list[str], list[str]]:
+            async with await Client.connect(f"ws://127.0.0.1:{port}/ws") as client:
+                quick = [await client.submit("echo", {"n": n}) for n in range(10)]
+                for job in quick:
+                    await client.result(job)
+                slow = [await client.submit("echo", {"n": 100 + n, "delay_ms": 4000}) for n in range(30)]
+                return quick, slow
+
+        quick, slow = run(load())
+        children = first.descendants()
+        first.popen.kill()  # SIGKILL: no shutdown of any kind
+        first.popen.wait(30)
+        for child in children:  # its embedded Ray, by the pids it started
+            if child.is_running():
+                child.kill()
+        psutil.wait_procs(children, timeout=30)
+    finally:
+        if first.popen.poll() is None:
+            first.kill()
+
+    second = server_process(*flags)
+    try:
+        second.wait_for_line(lambda line: line.startswith("Socket:"))
+        assert any("resubmitted 30 jobs" in line for line in second.output)
+
+        async def resume() -> dict[str, dict[str, object]]:
+            async with await Client.connect(f"ws://127.0.0.1:{port}/ws") as client:
+                await client.send({"op": "watch", "jobs": quick + slow})
+                frames = [await client.recv(timeout=120) for _ in range(40)]
+                return {str(frame["job"]): frame for frame in frames}
+
+        frames = run(resume(), timeout=180)
+        assert set(frames) == set(quick + slow)
+        assert all(frame["status"] == "succeeded" for frame in frames.values())
+        assert sorted(frame["result"]["n"] for frame in frames.values()) == [*range(10), *range(100, 130)]  # type: ignore[index]
+        assert second.stop() == 0
+    finally:
+        if second.popen.poll() is None:
+            second.kill()
