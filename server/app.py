@@ -11,7 +11,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
@@ -45,6 +45,7 @@ class Services:
         self.table = JobTable(store, settings.max_finished_jobs, settings.result_ttl)
         self.dispatcher = Dispatcher(settings, self.table, self.kinds)
         self._background: set[asyncio.Task[Any]] = set()
+        self.sessions: set[Session] = set()
         self._kinds_frame = {
             "type": "kinds",
             "kinds": [
@@ -132,6 +133,15 @@ async def services_context(settings: Settings) -> AsyncIterator[Services]:
         yield services
 
 
+class RevalidatedFiles(StaticFiles):
+    """The page's files, which browsers may keep but must revalidate (ETag), so a new version shows at once."""
+
+    def file_response(self, *args: Any, **kwargs: Any) -> Response:
+        response = super().file_response(*args, **kwargs)
+        response.headers["Cache-Control"] = "no-cache"
+        return response
+
+
 def create_app(settings: Settings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -140,7 +150,13 @@ def create_app(settings: Settings) -> Starlette:
             yield
 
     async def websocket_endpoint(websocket: WebSocket) -> None:
-        await Session(websocket, websocket.app.state.services).serve()
+        services: Services = websocket.app.state.services
+        session = Session(websocket, services)
+        services.sessions.add(session)
+        try:
+            await session.serve()
+        finally:
+            services.sessions.discard(session)
 
     async def index(request: Request) -> FileResponse:
         return FileResponse(WEB_DIR / "index.html", headers={"Cache-Control": "no-cache"})
@@ -154,7 +170,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/config.json", config),
         WebSocketRoute("/ws", websocket_endpoint),
         *rest.routes,
-        Mount("/static", StaticFiles(directory=WEB_DIR), name="static"),
+        Mount("/static", RevalidatedFiles(directory=WEB_DIR), name="static"),
     ]
     return Starlette(routes=routes, lifespan=lifespan)
 
