@@ -35,7 +35,8 @@ system-deps:
 test: $(STAMP) system-deps lint
 	$(PY) -m pytest
 
-bench: $(STAMP)
+bench: $(STAMP) system-deps
+	$(PY) -m pip install --quiet -e '.[test,bench]'
 	$(PY) -m bench
 
 clean:

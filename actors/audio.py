@@ -69,7 +69,7 @@ def from_header(data: bytes, total: int) -> dict[str, Any] | None:
 
 def measure(body: bytes) -> dict[str, Any]:
     """The length of a whole audio file held in memory: from its header if possible, else by decoding."""
-    if not body.strip(b"\x00 \t\r\n"):
+    if not body or (len(body) <= 4096 and not body.strip(b"\x00 \t\r\n")):
         raise JobFailed("not_audio", "the URL returned an empty body")
     if _looks_like_text(body[:1024]):
         raise JobFailed("not_audio", "the URL returned a text/HTML document, not audio")

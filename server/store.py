@@ -65,7 +65,7 @@ class Store:
         done(True)
 
     def start(self, job: Job) -> None:
-        """Note that a job is running (best effort: nothing waits for it)."""
+        """Note that a job is running, for other servers' `status` (shared stores; best effort)."""
 
     async def get(self, job_id: str) -> Job | None:
         return None
@@ -97,7 +97,6 @@ class SqliteStore(Store):
     INSERT = ("INSERT OR REPLACE INTO jobs (id, kind, args, ref, owner, state, created_at, finished_at, result, "
               "error, restarts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
     FINISH = "UPDATE jobs SET state = ?, finished_at = ?, result = ?, error = ? WHERE id = ?"
-    START = "UPDATE jobs SET state = 'running' WHERE id = ? AND finished_at IS NULL"
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -135,9 +134,6 @@ class SqliteStore(Store):
     def finish(self, job: Job, done: Done) -> None:
         self._writes.put((self.FINISH, (str(job.state), job.finished_at, _dump(job.result), _dump(job.error),
                                         job.id), done))
-
-    def start(self, job: Job) -> None:
-        self._writes.put((self.START, (job.id,), _ignore))
 
     def _write_batches(self) -> None:
         connection = self._connect()
