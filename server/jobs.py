@@ -56,6 +56,11 @@ class Job:
     def finished(self) -> bool:
         return self.state in TERMINAL
 
+    @property
+    def visible_state(self) -> JobState:
+        """The state clients see: a result is theirs only once it is saved."""
+        return JobState.RUNNING if self.finished and not self.published else self.state
+
     def result_frame(self, ref: str | None = None) -> dict[str, Any]:
         frame: dict[str, Any] = {"type": "result", "job": self.id, "kind": self.kind, "status": str(self.state)}
         ref = self.ref if ref is None else ref
@@ -70,7 +75,7 @@ class Job:
         return frame
 
     def status_frame(self, ref: str | None = None) -> dict[str, Any]:
-        frame: dict[str, Any] = {"type": "status", "job": self.id, "kind": self.kind, "state": str(self.state)}
+        frame: dict[str, Any] = {"type": "status", "job": self.id, "kind": self.kind, "state": str(self.visible_state)}
         if ref is not None:
             frame["ref"] = ref
         return frame

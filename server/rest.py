@@ -16,7 +16,7 @@ from starlette.routing import Route
 
 from actors import InvalidArgs
 from server.errors import ErrorCode, RequestError
-from server.jobs import Job, JobState
+from server.jobs import TERMINAL, Job, JobState
 
 if TYPE_CHECKING:
     from server.app import Services
@@ -103,13 +103,14 @@ async def get_job(request: Request) -> JSONResponse:
     job = await request.app.state.services.table.lookup(request.path_params["job"])
     if job is None:
         return _problem(404, "not_found", "no such job")
-    body: dict[str, Any] = {"job": job.id, "kind": job.kind, "state": str(job.state)}
-    if job.state is JobState.SUCCEEDED:
+    state = job.visible_state
+    body: dict[str, Any] = {"job": job.id, "kind": job.kind, "state": str(state)}
+    if state is JobState.SUCCEEDED:
         body["result"] = job.result
-    elif job.error is not None:
+    elif state in TERMINAL and job.error is not None:
         body["error"] = job.error
     body["created_at"] = _iso(job.created_at)
-    body["finished_at"] = _iso(job.finished_at)
+    body["finished_at"] = _iso(job.finished_at if job.published else None)
     return JSONResponse(body)
 
 
@@ -124,7 +125,7 @@ async def post_euro_results(services: Services, body: dict[str, Any]) -> JSONRes
 
 
 def _old_result(job: Job) -> Any:
-    if job.state is not JobState.SUCCEEDED:
+    if job.visible_state is not JobState.SUCCEEDED:
         return None
     if job.kind == "audio.length":
         return {"audio_length": job.result["duration"]}
@@ -137,13 +138,14 @@ async def get_task(request: Request) -> JSONResponse:
     job = await request.app.state.services.table.lookup(request.path_params["task"])
     if job is None:
         return _problem(404, "not_found", "no such task")
+    state = job.visible_state
     body = {
         "id": job.id,
-        "status": CELERY_STATES[job.state],
-        "error": job.error["message"] if job.error else None,
+        "status": CELERY_STATES[state],
+        "error": job.error["message"] if job.error and state in TERMINAL else None,
         "result": _old_result(job),
     }
-    return JSONResponse(body, status_code=200 if job.finished else 202)
+    return JSONResponse(body, status_code=200 if state in TERMINAL else 202)
 
 
 async def get_pools(request: Request) -> JSONResponse:

@@ -175,6 +175,7 @@ class FixtureHTTP:
 
         class RequestHandler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # else headers and body wait 40 ms for a delayed ACK
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass

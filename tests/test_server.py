@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 import pytest
@@ -267,7 +268,9 @@ def test_euro_results_from_the_current_markup(server: ServerThread, http: Fixtur
     assert missing["status"] == "failed" and missing["error"]["code"] == "not_found"
 
 
-def test_rest_jobs_and_the_old_polling_api(server: ServerThread, http: FixtureHTTP) -> None:
+def test_rest_jobs_and_the_old_polling_api(server: ServerThread, http: FixtureHTTP,
+                                           caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="server.rest")
     url = http.add("/rest.wav", Fixture(body=encode(4000, 8000, "WAV", "PCM_16")))
     http.add("/euro/29-03-2024", Fixture(body=current_page("Friday 29th March 2024", [4, 17, 23, 31, 44], [3, 9])))
     created = requests.post(f"{server.url}/jobs", json={"kind": "echo", "args": {"x": 1}}, timeout=10)
@@ -293,6 +296,8 @@ def test_rest_jobs_and_the_old_polling_api(server: ServerThread, http: FixtureHT
     task = poll(f"/task/{old.json()['id']}")
     assert task.status_code == 200
     assert task.json() == {"id": old.json()["id"], "status": "SUCCESS", "error": None, "result": {"audio_length": 0.5}}
+    assert any(old.json()["id"] in record.getMessage() and "callback" in record.getMessage()
+               for record in caplog.records), "callback: true logs the result when it arrives"
 
     euro = requests.post(f"{server.url}/euro/results", json={"draw_date": "29-03-2024"}, timeout=10)
     task = poll(f"/task/{euro.json()['id']}")
