@@ -66,4 +66,5 @@ class JobKind:
     worker: type
     pool: PoolSpec = field(default_factory=PoolSpec)
     optional: bool = False  # off unless enabled by the operator (the echo kind)
+    cacheable: bool = False  # a success never changes for the same args: the job store keeps it for reuse
     example: dict[str, Any] = field(default_factory=dict)

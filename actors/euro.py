@@ -297,5 +297,6 @@ KIND = JobKind(
     validate=validate,
     worker=EuroResults,
     pool=PoolSpec(size=1, max_concurrency=8),
+    cacheable=True,  # a published draw never changes
     example={"date": "2024-03-26"},
 )

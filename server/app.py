@@ -68,7 +68,7 @@ class Services:
                 accepted(None)
                 return
             accepted(job)
-            self.dispatcher.submit(job)
+            self.run(job)
 
         self.store.put(job, saved)
         return job
@@ -95,8 +95,28 @@ class Services:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    def run(self, job: Job) -> None:
+        """Send a saved job to its pool, or finish it at once with a saved result of a cacheable kind."""
+        if self.kinds[job.kind].cacheable:
+            self.spawn(self._reuse_or_run(job))
+        else:
+            self.dispatcher.submit(job)
+
+    async def _reuse_or_run(self, job: Job) -> None:
+        try:
+            result = await self.store.cached(job.kind, job.args)
+        except Exception:
+            log.exception("the result cache could not be read; running job %s", job.id)
+            result = None
+        if job.finished:  # cancelled meanwhile
+            return
+        if result is None:
+            self.dispatcher.submit(job)
+        else:
+            self.table.finish(job, JobState.SUCCEEDED, result=result)
+
     def _resubmit(self, job: Job) -> Callable[[bool], None]:
-        return lambda saved: self.dispatcher.submit(job)
+        return lambda saved: self.run(job)
 
     async def recover(self) -> int:
         """Run again the jobs this server had accepted but not finished when it last stopped."""

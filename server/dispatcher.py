@@ -215,7 +215,8 @@ class Dispatcher:
             self.table.finish(job, JobState.FAILED, error=_error("internal", "the job failed unexpectedly"))
             return
         if "ok" in outcome:
-            self.table.finish(job, JobState.SUCCEEDED, result=outcome["ok"])
+            if self.table.finish(job, JobState.SUCCEEDED, result=outcome["ok"]) and pool.kind.cacheable:
+                self.table.store.remember(job.kind, job.args, outcome["ok"])
         else:
             self.table.finish(job, JobState.FAILED, error=outcome["error"])
 

@@ -47,10 +47,18 @@ def from_record(record: dict[str, Any]) -> Job:
     return job
 
 
+def cache_key(args: dict[str, Any]) -> str:
+    return json.dumps(args, sort_keys=True, separators=(",", ":"))
+
+
 class Store:
     """The interface; also the `memory` backend, which keeps nothing beyond the job table."""
 
     shared = False  # True where other servers see the same jobs (Redis)
+    MEMORY_CACHE = 10_000
+
+    def __init__(self) -> None:
+        self._results: dict[tuple[str, str], Any] = {}
 
     async def open(self) -> None:
         self.loop = asyncio.get_running_loop()
@@ -76,6 +84,16 @@ class Store:
     async def purge(self, before: float) -> int:
         return 0
 
+    async def cached(self, kind: str, args: dict[str, Any]) -> Any:
+        """The saved result of an earlier success of a cacheable kind with these args, or None."""
+        return self._results.get((kind, cache_key(args)))
+
+    def remember(self, kind: str, args: dict[str, Any], result: Any) -> None:
+        """Keep the result of a success of a cacheable kind (best effort: nothing waits for it)."""
+        if len(self._results) >= self.MEMORY_CACHE:
+            self._results.pop(next(iter(self._results)))
+        self._results[(kind, cache_key(args))] = result
+
     def listen(self, on_finished: Callable[[str], None], on_cancel: Callable[[str], None]) -> None:
         """Be told of jobs finished, or cancels asked for, on other servers (shared stores only)."""
 
@@ -93,12 +111,16 @@ class SqliteStore(Store):
             restarts INTEGER NOT NULL DEFAULT 0);
         CREATE INDEX IF NOT EXISTS jobs_unfinished ON jobs (owner) WHERE finished_at IS NULL;
         CREATE INDEX IF NOT EXISTS jobs_finished_at ON jobs (finished_at);
+        CREATE TABLE IF NOT EXISTS results (kind TEXT NOT NULL, key TEXT NOT NULL, result TEXT NOT NULL,
+            PRIMARY KEY (kind, key));
     """
+    REMEMBER = "INSERT OR REPLACE INTO results (kind, key, result) VALUES (?, ?, ?)"
     INSERT = ("INSERT OR REPLACE INTO jobs (id, kind, args, ref, owner, state, created_at, finished_at, result, "
               "error, restarts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
     FINISH = "UPDATE jobs SET state = ?, finished_at = ?, result = ?, error = ? WHERE id = ?"
 
     def __init__(self, path: Path) -> None:
+        super().__init__()
         self.path = path
         self._writes: queue.SimpleQueue[tuple[str, tuple[Any, ...], Done] | None] = queue.SimpleQueue()
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="store-read")
@@ -134,6 +156,13 @@ class SqliteStore(Store):
     def finish(self, job: Job, done: Done) -> None:
         self._writes.put((self.FINISH, (str(job.state), job.finished_at, _dump(job.result), _dump(job.error),
                                         job.id), done))
+
+    def remember(self, kind: str, args: dict[str, Any], result: Any) -> None:
+        self._writes.put((self.REMEMBER, (kind, cache_key(args), json.dumps(result)), _ignore))
+
+    async def cached(self, kind: str, args: dict[str, Any]) -> Any:
+        rows = await self._query("SELECT result FROM results WHERE kind = ? AND key = ?", (kind, cache_key(args)))
+        return json.loads(rows[0]["result"]) if rows else None
 
     def _write_batches(self) -> None:
         connection = self._connect()
@@ -222,6 +251,7 @@ class RedisStore(Store):
     CANCEL = "ami:cancel"
 
     def __init__(self, url: str, ttl: float) -> None:
+        super().__init__()
         self.url = url
         self.ttl = int(ttl)
         self._pending: list[tuple[Callable[[Any], None], Done]] = []
@@ -273,6 +303,18 @@ class RedisStore(Store):
             pipe.set(self._key(job.id), record, xx=True)  # never resurrects a purged or finished record
 
         self._enqueue(write, _ignore)
+
+    def remember(self, kind: str, args: dict[str, Any], result: Any) -> None:
+        key, value = f"ami:result:{kind}:{cache_key(args)}", json.dumps(result)
+
+        def write(pipe: Any) -> None:
+            pipe.set(key, value)
+
+        self._enqueue(write, _ignore)
+
+    async def cached(self, kind: str, args: dict[str, Any]) -> Any:
+        raw = await self.client.get(f"ami:result:{kind}:{cache_key(args)}")
+        return json.loads(raw) if raw else None
 
     def _enqueue(self, write: Callable[[Any], None], done: Done) -> None:
         self._pending.append((write, done))

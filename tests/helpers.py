@@ -8,6 +8,7 @@ import socket
 import threading
 import uuid
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypeVar
@@ -29,7 +30,12 @@ def run(coro: Awaitable[T], timeout: float = TIMEOUT) -> T:
     async def bounded() -> T:
         return await asyncio.wait_for(coro, timeout)
 
-    return asyncio.run(bounded())
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(bounded())
+    with ThreadPoolExecutor(1) as thread:  # a loop runs here already (Playwright's): use a thread of our own
+        return thread.submit(asyncio.run, bounded()).result()
 
 
 def free_port() -> int:

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
@@ -29,7 +30,7 @@ expect.set_options(timeout=30_000)
 def page_server(ray_session: None, http: FixtureHTTP, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         ServerThread]:
     settings = test_settings(http, tmp_path_factory.mktemp("page"), pools=(("audio.length", 1), ("euro.results", 1)),
-                             enable_echo=False)
+                             enable_echo=False, dashboard_url="http://127.0.0.1:8265")
     with ServerThread(settings) as running:
         running.wait_ready()
         yield running
@@ -99,6 +100,7 @@ def test_submit_both_kinds_and_see_the_results(page: Page, http: FixtureHTTP) ->
     expect(euro.locator(".balls li.star")).to_have_text(["5", "6"])
     expect(euro.locator(".time")).to_have_text(re.compile(r"\d+(\.\d+)? (ms|s)"))
 
+    expect(page.get_by_role("link", name="Ray dashboard")).to_have_attribute("href", "http://127.0.0.1:8265")
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "page.png"), full_page=True)
     page.set_viewport_size({"width": 390, "height": 844})
@@ -166,3 +168,18 @@ def test_static_files_have_content_types_and_cache_headers(page_server: ServerTh
         assert response.status_code == 200
         assert response.headers["content-type"].startswith(kind)
         assert response.headers["cache-control"] == "no-cache"
+
+
+def test_echo_is_off_unless_enabled(page_server: ServerThread) -> None:
+    from tests.helpers import Client, run
+
+    async def scenario() -> tuple[dict[str, Any], dict[str, Any]]:
+        async with await Client.connect(page_server.ws_url) as client:
+            await client.send({"op": "submit", "kind": "echo", "args": {}, "ref": "e"})
+            refused = await client.recv()
+            await client.send({"op": "kinds"})
+            return refused, await client.recv()
+
+    refused, kinds = run(scenario())
+    assert refused["code"] == "unknown_kind" and "audio.length, euro.results" in str(refused["message"])
+    assert [entry["kind"] for entry in kinds["kinds"]] == ["audio.length", "euro.results"]

@@ -120,3 +120,42 @@ def test_a_job_submitted_on_one_server_is_watched_and_cancelled_on_another(
             assert rest.json()["state"] == "succeeded" and rest.json()["result"]["n"] == "slow"
 
     run(scenario())
+
+
+def test_a_published_draw_is_fetched_once_even_across_restarts(ray_session: None, http: FixtureHTTP,
+                                                                tmp_path: Path) -> None:
+    from tests.euro_pages import current_page
+
+    hits: list[str] = []
+    page = current_page("Friday 5th April 2024", [4, 8, 15, 16, 23], [1, 2])
+    failing = [True]
+
+    def served(handler: Any) -> None:
+        hits.append(handler.path)
+        status, body = (503, b"busy") if failing[0] and handler.path.endswith("02-04-2024") else (200, page)
+        if status == 200 and handler.path.endswith("02-04-2024"):
+            body = current_page("Tuesday 2nd April 2024", [1, 2, 3, 4, 5], [6, 7])
+        handler.send_response(status)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    prefix = f"/cached-{tmp_path.name}/"
+    http.add(prefix + "05-04-2024", served)
+    http.add(prefix + "02-04-2024", served)
+    settings = test_settings(http, tmp_path, pools=(("audio.length", 0), ("euro.results", 1)), enable_echo=False,
+                             euro_url=http.url(prefix), server_id="cache")
+
+    async def ask(url: str, date: str) -> dict[str, Any]:
+        async with await Client.connect(url) as client:
+            return await client.result(await client.submit("euro.results", {"date": date}))
+
+    with ServerThread(settings) as first:
+        assert run(ask(first.ws_url, "2024-04-05"))["result"]["numbers"] == [4, 8, 15, 16, 23]
+        assert run(ask(first.ws_url, "2024-04-02"))["error"]["code"] == "fetch_failed"
+    failing[0] = False
+    with ServerThread(settings) as second:  # new actors, empty caches but the store's
+        again = run(ask(second.ws_url, "05-04-2024"))
+        assert again["status"] == "succeeded" and again["result"]["stars"] == [1, 2]
+        assert run(ask(second.ws_url, "2024-04-02"))["result"]["numbers"] == [1, 2, 3, 4, 5], "failures are not kept"
+    assert [path.rsplit("/", 1)[1] for path in hits] == ["05-04-2024", "02-04-2024", "02-04-2024"]

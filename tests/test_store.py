@@ -180,3 +180,19 @@ def test_redis_results_expire_after_the_ttl_and_finishes_are_announced(redis_url
             assert 7100 < await writer.client.ttl(f"ami:job:{job.id}") <= 7200
 
     run(scenario())
+
+
+def test_results_of_cacheable_kinds_are_kept_for_reuse(make_store: Opener) -> None:
+    async def scenario() -> None:
+        draw = {"date": "2024-03-26", "numbers": [2, 13, 14, 26, 29], "stars": [5, 6]}
+        async with opened(make_store) as store:
+            assert await store.cached("euro.results", {"date": "2024-03-26"}) is None
+            store.remember("euro.results", {"date": "2024-03-26"}, draw)
+            marker = Job("echo", {}, None, owner="flush")
+            await saved(store.put, marker)  # writes are applied in order: this one comes after
+        async with opened(make_store) as store:
+            assert await store.cached("euro.results", {"date": "2024-03-26"}) == draw
+            assert await store.cached("euro.results", {"date": "2024-03-29"}) is None
+            assert await store.cached("audio.length", {"date": "2024-03-26"}) is None
+
+    run(scenario())
