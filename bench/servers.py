@@ -86,9 +86,10 @@ def server(*flags: str, env: dict[str, str] | None = None) -> Iterator[ServerPro
 
 @contextmanager
 def redis_server(directory: Path) -> Iterator[str]:
+    """A real redis-server on a free loopback port, stopped by its pid on the way out (benchmarks and tests)."""
     binary = shutil.which("redis-server")
     if binary is None:
-        raise RuntimeError("redis-server is not installed")
+        raise RuntimeError("redis-server is not installed; `make test` and `make bench` install it")
     port = free_port()
     popen = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                               "--dir", str(directory)], stdout=subprocess.DEVNULL)

@@ -57,7 +57,7 @@ def server(ray_session: None, http: FixtureHTTP, tmp_path_factory: pytest.TempPa
 
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from tests.redis_server import redis_server
+    from bench.servers import redis_server
 
     with redis_server(tmp_path_factory.mktemp("redis")) as url:
         yield url
