@@ -76,5 +76,5 @@ def _restore(saved: dict[int, object]) -> None:
 
 def dashboard_sign_in() -> str:
     if TOKEN_FILE.exists():
-        return f"sign in with the token in {TOKEN_FILE} (cat {TOKEN_FILE})"
+        return f"it asks for the token that `cat {TOKEN_FILE}` prints"
     return "no sign-in needed"
