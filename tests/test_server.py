@@ -327,3 +327,22 @@ def test_pools_are_named_by_kind_and_calls_go_to_the_least_loaded_actor(server: 
     echo = pools["echo"]["actors"]
     assert [actor["name"] for actor in echo] == ["echo-0", "echo-1"]
     assert [actor["inflight"] for actor in echo] == [1, 1], "two slow jobs went to two actors"
+
+
+def test_a_job_cut_off_by_a_dying_actor_runs_again_and_succeeds(server: ServerThread) -> None:
+    import ray
+
+    async def scenario() -> dict[str, Any]:
+        async with await Client.connect(server.ws_url) as client:
+            job = await client.submit("echo", {"n": "survivor", "delay_ms": 2000})
+            pools = (await asyncio.to_thread(requests.get, f"{server.url}/pools", timeout=10)).json()["pools"]
+            echo = next(pool for pool in pools if pool["kind"] == "echo")
+            busy = next(actor["name"] for actor in echo["actors"] if actor["inflight"] == 1)
+            victim = ray.get_actor(busy, namespace=server.settings.ray_namespace)
+            ray.kill(victim, no_restart=False)  # the actor dies mid-job; Ray starts it again
+            return await client.result(job, timeout=60)
+
+    frame = run(scenario(), timeout=90)
+    assert frame["status"] == "succeeded" and frame["result"] == {"n": "survivor", "delay_ms": 2000}
+    job = server.app.state.services.table.get(frame["job"])
+    assert job is not None and job.attempts == 2
