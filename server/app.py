@@ -18,9 +18,12 @@ from starlette.websockets import WebSocket
 
 from actors import JobKind, all_kinds
 from server import rest
+from server.access import origin_allowed, token_valid
 from server.config import Settings
 from server.dispatcher import Dispatcher
+from server.errors import CloseCode, ErrorCode
 from server.jobs import Job, JobState, JobTable
+from server.protocol import encode, error_frame
 from server.raysetup import RayInfo, dashboard_sign_in, ray_session
 from server.session import Session
 from server.store import Store, open_store, purge_forever
@@ -28,6 +31,7 @@ from server.store import Store, open_store, purge_forever
 log = logging.getLogger("server")
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+UNAUTHORIZED = "this server needs a token: connect with ?token=... or an Authorization: Bearer header"
 MAX_RESTARTS = 3  # server restarts a job may live through before it fails instead of running again
 
 
@@ -171,6 +175,14 @@ def create_app(settings: Settings) -> Starlette:
 
     async def websocket_endpoint(websocket: WebSocket) -> None:
         services: Services = websocket.app.state.services
+        if not origin_allowed(websocket, settings):
+            await websocket.close(CloseCode.FORBIDDEN)  # before accepting: the handshake gets HTTP 403
+            return
+        if not token_valid(websocket, settings):
+            await websocket.accept()
+            await websocket.send_text(encode(error_frame(ErrorCode.UNAUTHORIZED, UNAUTHORIZED)))
+            await websocket.close(CloseCode.UNAUTHORIZED, "a valid token is required")
+            return
         session = Session(websocket, services)
         services.sessions.add(session)
         try:

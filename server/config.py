@@ -50,6 +50,13 @@ class Settings:
         default=(),
         metadata=_env("AMI_POOLS", "actor pool sizes, e.g. 'audio.length=2,euro.results=1'", flag="pools"),
     )
+    tokens: tuple[str, ...] = field(
+        default=(), metadata=_env("AMI_TOKENS", "comma-separated tokens clients must present; unset: no tokens")
+    )
+    allowed_origins: tuple[str, ...] = field(
+        default=(),
+        metadata=_env("AMI_ALLOWED_ORIGINS", "browser origins allowed besides the server's own, or '*'"),
+    )
     actor_cpus: float = field(default=0.25, metadata=_env("AMI_ACTOR_CPUS", "Ray CPUs reserved per actor"))
     max_frame_bytes: int = field(
         default=64 * 1024, metadata=_env("AMI_MAX_FRAME_BYTES", "largest client frame accepted")
@@ -167,6 +174,8 @@ def _convert(f: dataclasses.Field[Any], raw: Any, name: str) -> Any:
             return float(text)
         if kind == "Path":
             return Path(text)
+        if kind == "tuple[str, ...]":
+            return tuple(filter(None, (part.strip() for part in text.split(","))))
         if kind.startswith("tuple"):
             return _parse_pools(text)
         return text

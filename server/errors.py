@@ -40,7 +40,9 @@ class CloseCode:
     """WebSocket close codes the server uses (4000-4999 are the application's)."""
 
     NORMAL = 1000
+    FORBIDDEN = 1008  # policy violation: a browser origin that is not allowed (sent as HTTP 403)
     GOING_AWAY = 1001  # server shutting down: reconnect elsewhere or later, then `watch`
+    UNAUTHORIZED = 4001  # no valid token (AMI_TOKENS): connect again with ?token=... or Authorization: Bearer
     TOO_SLOW = 4008  # the client did not read its frames; reconnect and `watch` to get the results
 
 

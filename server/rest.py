@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from actors import InvalidArgs
+from server.access import token_valid
 from server.errors import ErrorCode, RequestError
 from server.jobs import TERMINAL, Job, JobState
 
@@ -43,6 +44,12 @@ class CallbackLogger:
 
     def forget(self, job: Job) -> None:
         pass
+
+
+def _unauthorized(request: Request) -> JSONResponse | None:
+    if token_valid(request, request.app.state.services.settings):
+        return None
+    return _problem(401, "unauthorized", "a valid token is required (Authorization: Bearer or ?token=)")
 
 
 def _problem(status: int, code: str, message: str) -> JSONResponse:
@@ -79,6 +86,8 @@ async def _create(services: Services, kind_name: str, args: Any, callback: bool 
 
 def _handler(make: Callable[[Services, dict[str, Any]], Awaitable[JSONResponse]]) -> Callable[[Request], Any]:
     async def endpoint(request: Request) -> JSONResponse:
+        if (refused := _unauthorized(request)) is not None:
+            return refused
         try:
             return await make(request.app.state.services, await _body(request))
         except RequestError as exc:
@@ -100,6 +109,8 @@ async def post_job(services: Services, body: dict[str, Any]) -> JSONResponse:
 
 
 async def get_job(request: Request) -> JSONResponse:
+    if (refused := _unauthorized(request)) is not None:
+        return refused
     job = await request.app.state.services.table.lookup(request.path_params["job"])
     if job is None:
         return _problem(404, "not_found", "no such job")
@@ -135,6 +146,8 @@ def _old_result(job: Job) -> Any:
 
 
 async def get_task(request: Request) -> JSONResponse:
+    if (refused := _unauthorized(request)) is not None:
+        return refused
     job = await request.app.state.services.table.lookup(request.path_params["task"])
     if job is None:
         return _problem(404, "not_found", "no such task")

@@ -255,7 +255,7 @@ class RedisStore(Store):
         self.url = url
         self.ttl = int(ttl)
         self._pending: list[tuple[Callable[[Any], None], Done]] = []
-        self._flushing = False
+        self._flushing: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
@@ -269,8 +269,10 @@ class RedisStore(Store):
         if self._listener is not None:
             self._listener.cancel()
             await asyncio.gather(self._listener, return_exceptions=True)
-        while self._pending or self._flushing:
-            await self._flush()
+        while self._flushing is not None or self._pending:
+            if self._flushing is None:
+                self._flushing = self.loop.create_task(self._flush())
+            await self._flushing
         await self.client.aclose()
 
     @staticmethod
@@ -318,9 +320,8 @@ class RedisStore(Store):
 
     def _enqueue(self, write: Callable[[Any], None], done: Done) -> None:
         self._pending.append((write, done))
-        if not self._flushing:
-            self._flushing = True
-            self.loop.create_task(self._flush())
+        if self._flushing is None:
+            self._flushing = self.loop.create_task(self._flush())
 
     async def _flush(self) -> None:
         try:
@@ -337,7 +338,7 @@ class RedisStore(Store):
                     ok = False
                 _call_all([done for _, done in batch], ok)
         finally:
-            self._flushing = False
+            self._flushing = None
 
     async def get(self, job_id: str) -> Job | None:
         raw = await self.client.get(self._key(job_id))

@@ -3,6 +3,7 @@ import { FIRST_DRAW, drawDaysInMonth, isoDate } from "./draws.js";
 import { formatDuration, formatElapsed, formatRate, weekdayDate } from "./format.js";
 
 const STORAGE_KEY = "ami.jobs.v1";
+const TOKEN = new URLSearchParams(location.search).get("token");  // where the server asks for one
 const TERMINAL = new Set(["done", "failed", "cancelled"]);
 const STATES = { queued: "queued", running: "running", succeeded: "done", failed: "failed", cancelled: "cancelled" };
 const KIND_LABELS = { "audio.length": "Audio length", "euro.results": "EuroMillions" };
@@ -39,7 +40,8 @@ function setConnection(state, text) {
 function connect() {
   setConnection("connecting", attempt ? "Reconnecting…" : "Connecting…");
   const scheme = location.protocol === "https:" ? "wss" : "ws";
-  socket = new WebSocket(`${scheme}://${location.host}/ws`);
+  const query = TOKEN ? `?token=${encodeURIComponent(TOKEN)}` : "";
+  socket = new WebSocket(`${scheme}://${location.host}/ws${query}`);
   socket.addEventListener("open", () => {
     attempt = 0;
     setConnection("open", "Connected");
@@ -47,7 +49,11 @@ function connect() {
     if (unfinished.length) send({ op: "watch", jobs: unfinished, ref: "resume" });
   });
   socket.addEventListener("message", (event) => receive(JSON.parse(event.data)));
-  socket.addEventListener("close", () => {
+  socket.addEventListener("close", (event) => {
+    if (event.code === 4001) {
+      setConnection("closed", "This server needs a token: open this page as /?token=…");
+      return;
+    }
     for (const row of rows.values()) {
       if (row.state === "sending") update(row, { state: "failed", error: "The connection dropped before the server accepted this job; submit it again." });
     }
