@@ -62,19 +62,24 @@ class Services:
         return dict(self._kinds_frame, ref=ref) if ref is not None else self._kinds_frame
 
     def submit(self, kind: str, args: dict[str, Any], ref: str | None, accepted: Callable[[Job | None], None]) -> Job:
-        """Save a new job, then call `accepted` (with None if it could not be saved), then run it."""
+        """Save a new job and start it; call `accepted` once it is saved (with None if it could not be).
+
+        The job starts while the store saves it, so a store round trip is not added to every job. Writes are
+        applied in order, so the job's result is saved, and pushed, only after `accepted`.
+        """
         self.dispatcher.check_capacity(kind, ref)
         job = self.table.add(Job(kind, args, ref, owner=self.owner))
 
         def saved(ok: bool) -> None:
             if not ok:
+                self.dispatcher.cancel(job)
                 self.table.drop(job)
                 accepted(None)
                 return
             accepted(job)
-            self.run(job)
 
         self.store.put(job, saved)
+        self.run(job)
         return job
 
     async def submit_async(self, kind: str, args: dict[str, Any]) -> Job | None:

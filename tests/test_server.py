@@ -50,6 +50,7 @@ def test_many_jobs_on_one_socket_each_get_exactly_one_result(server: ServerThrea
                     accepted.add(frame["job"])
                 else:
                     assert frame["type"] == "result"
+                    assert frame["job"] in accepted, "a job's result never comes before its accepted"
                     assert frame["job"] not in results, "a second result for one job"
                     results[frame["job"]] = frame
             await client.send({"op": "ping", "ref": "end"})
