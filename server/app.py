@@ -105,7 +105,7 @@ class Services:
         task.add_done_callback(self._background.discard)
 
     def run(self, job: Job) -> None:
-        """Send a saved job to its pool, or finish it at once with a saved result of a cacheable kind."""
+        """Send a job to its pool, or finish it at once with the saved result of a cacheable kind."""
         if self.kinds[job.kind].cacheable:
             self.spawn(self._reuse_or_run(job))
         else:
