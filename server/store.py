@@ -54,7 +54,6 @@ def cache_key(args: dict[str, Any]) -> str:
 class Store:
     """The interface; also the `memory` backend, which keeps nothing beyond the job table."""
 
-    shared = False  # True where other servers see the same jobs (Redis)
     MEMORY_CACHE = 10_000
 
     def __init__(self) -> None:
@@ -246,7 +245,6 @@ def _call_all(callbacks: list[Done], ok: bool) -> None:
 class RedisStore(Store):
     """Jobs as JSON strings in Redis, written in pipelined batches; finishes announced by pub/sub."""
 
-    shared = True
     FINISHED = "ami:finished"
     CANCEL = "ami:cancel"
 
