@@ -1,16 +1,17 @@
-"""Processes the benchmarks start and stop by their own pid: the product server and redis-server."""
+"""Processes the benchmarks and tests start and stop by their own pid: the server, redis-server, others."""
 
 from __future__ import annotations
 
 import os
 import queue
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -25,31 +26,68 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class ServerProcess:
-    def __init__(self, *flags: str, env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
-        self.started = time.perf_counter()
+class Process:
+    """A child process whose output lines can be awaited with a timeout; stopped by its own pid."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "server", "--port", str(self.port), *flags], cwd=ROOT,
-            env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            args, cwd=ROOT, env={**os.environ, **(env or {})}, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, bufsize=1,
         )
         self.lines: queue.Queue[str | None] = queue.Queue()
+        self.output: list[str] = []
         threading.Thread(target=self._pump, daemon=True).start()
 
     def _pump(self) -> None:
         assert self.popen.stdout is not None
         for line in self.popen.stdout:
+            self.output.append(line)
             self.lines.put(line)
         self.lines.put(None)
 
-    def wait_listening(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
+    def wait_for_line(self, predicate: Callable[[str], bool], timeout: float = 120) -> str:
         while True:
-            line = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            try:
+                line = self.lines.get(timeout=timeout)
+            except queue.Empty:
+                raise AssertionError(f"no matching line within {timeout} s; output:\n{''.join(self.output)}") from None
             if line is None:
-                raise RuntimeError("the server exited during start-up")
-            if line.startswith("Socket:"):
-                return
+                raise AssertionError(f"process ended ({self.popen.poll()}); output:\n{''.join(self.output)}")
+            if predicate(line):
+                return line
+
+    def descendants(self) -> list[psutil.Process]:
+        try:
+            return psutil.Process(self.popen.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+
+    def kill(self) -> None:
+        for child in self.descendants():
+            child.kill()
+        self.popen.kill()
+        self.popen.wait(30)
+
+
+class ServerProcess(Process):
+    """`python -m server` on a free port, for the benchmarks."""
+
+    def __init__(self, *flags: str, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.started = time.perf_counter()
+        super().__init__([sys.executable, "-m", "server", "--port", str(self.port), *flags], env=env)
+
+    def wait_listening(self, timeout: float = 120) -> None:
+        self.wait_for_line(lambda line: line.startswith("Socket:"), timeout)
 
     @property
     def ws_url(self) -> str:
@@ -62,16 +100,15 @@ class ServerProcess:
     def rss(self) -> int:
         return int(psutil.Process(self.popen.pid).memory_info().rss)
 
-    def stop(self) -> None:
-        children = psutil.Process(self.popen.pid).children(recursive=True)
-        self.popen.terminate()
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        """Stop the server, then whatever of its Ray it left running (the tests check it leaves none)."""
+        children = self.descendants()
         try:
-            self.popen.wait(60)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-        for child in children:
-            if child.is_running():
-                child.kill()
+            return super().stop(sig, timeout)
+        finally:
+            for child in children:
+                if child.is_running():
+                    child.kill()
 
 
 @contextmanager

@@ -38,12 +38,6 @@ def run(coro: Awaitable[T], timeout: float = TIMEOUT) -> T:
         return thread.submit(asyncio.run, bounded()).result()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class _Server(uvicorn.Server):
     def __init__(self, config: uvicorn.Config) -> None:
         super().__init__(config)

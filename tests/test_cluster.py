@@ -12,7 +12,8 @@ import pytest
 import redis
 import requests
 
-from tests.helpers import Client, free_port, run
+from bench.servers import free_port
+from tests.helpers import Client, run
 from tests.processes import Process, server_process
 
 pytestmark = pytest.mark.cluster

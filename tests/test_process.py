@@ -10,7 +10,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.helpers import Client, free_port, run
+from bench.servers import free_port
+from tests.helpers import Client, run
 from tests.processes import ROOT, server_process
 
 
