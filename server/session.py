@@ -93,7 +93,7 @@ class Session:
 
     async def receive_text(self, text: str) -> None:
         limit = self.services.settings.max_frame_bytes
-        if len(text) > limit or len(text.encode()) > limit:
+        if len(text) > limit or (len(text) * 4 > limit and len(text.encode()) > limit):  # UTF-8: <= 4 bytes a char
             self.push(error_frame(ErrorCode.TOO_LARGE, f"frame larger than {limit} bytes"))
             return
         try:

@@ -122,6 +122,11 @@ def test_bad_input_gets_an_error_and_the_socket_keeps_its_jobs(server: ServerThr
             await client.send(json.dumps({"op": "submit", "kind": "echo", "args": {"pad": "x" * 70_000}, "ref": "big"}))
             frame = await client.recv()
             assert (frame["type"], frame["code"]) == ("error", "too_large")
+            euros = json.dumps({"op": "submit", "kind": "echo", "args": {"pad": "\u20ac" * 22_000}}, ensure_ascii=False)
+            assert len(euros) < 64 * 1024 < len(euros.encode()), "few characters, too many bytes"
+            await client.send(euros)
+            frame = await client.recv()
+            assert (frame["type"], frame["code"]) == ("error", "too_large")
             result = await client.result(job)
             assert result["status"] == "succeeded" and result["ref"] == "survivor"
             await client.send("ping\n")
