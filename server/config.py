@@ -59,7 +59,15 @@ class Settings:
     )
     actor_cpus: float = field(default=0.25, metadata=_env("AMI_ACTOR_CPUS", "Ray CPUs reserved per actor"))
     max_frame_bytes: int = field(
-        default=64 * 1024, metadata=_env("AMI_MAX_FRAME_BYTES", "largest client frame accepted")
+        default=64 * 1024, metadata=_env("AMI_MAX_FRAME_BYTES", "largest client frame or REST body accepted")
+    )
+    max_outbox_bytes: int = field(
+        default=1024 * 1024,
+        metadata=_env("AMI_MAX_OUTBOX_BYTES", "bytes a client may leave unread before it is cut off (close 4008)"),
+    )
+    shutdown_timeout: float = field(
+        default=10.0,
+        metadata=_env("AMI_SHUTDOWN_TIMEOUT", "seconds open requests get to finish when the server stops"),
     )
     max_audio_bytes: int = field(
         default=100 * 1024 * 1024, metadata=_env("AMI_MAX_AUDIO_BYTES", "largest audio download")
@@ -75,7 +83,7 @@ class Settings:
         default=5_000, metadata=_env("AMI_MAX_JOBS_PER_CONNECTION", "unfinished jobs one socket may hold")
     )
     max_finished_jobs: int = field(
-        default=100_000, metadata=_env("AMI_MAX_FINISHED_JOBS", "finished jobs kept in memory")
+        default=100_000, metadata=_env("AMI_MAX_FINISHED_JOBS", "finished jobs the memory store keeps")
     )
     result_ttl: float = field(default=48 * 3600.0, metadata=_env("AMI_RESULT_TTL", "seconds results are kept"))
     ray_num_cpus: int | None = field(
@@ -143,6 +151,8 @@ class Settings:
         checks = [
             (1 <= self.port <= 65535 or self.port == 0, "AMI_PORT", "must be a port number"),
             (self.max_frame_bytes >= 256, "AMI_MAX_FRAME_BYTES", "must be at least 256"),
+            (self.max_outbox_bytes >= 4096, "AMI_MAX_OUTBOX_BYTES", "must be at least 4096"),
+            (self.shutdown_timeout > 0, "AMI_SHUTDOWN_TIMEOUT", "must be positive"),
             (self.max_audio_bytes >= 1024, "AMI_MAX_AUDIO_BYTES", "must be at least 1024"),
             (self.fetch_timeout > 0, "AMI_FETCH_TIMEOUT", "must be positive"),
             (self.job_timeout > 0, "AMI_JOB_TIMEOUT", "must be positive"),

@@ -20,6 +20,15 @@ class ErrorCode(StrEnum):
     UNAUTHORIZED = "unauthorized"
 
 
+HTTP_STATUS = {  # REST answers to a refused request; any other code is 422
+    ErrorCode.BAD_JSON: 422,
+    ErrorCode.TOO_LARGE: 413,
+    ErrorCode.BUSY: 503,
+    ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.UNAUTHORIZED: 401,
+}
+
+
 class JobErrorCode(StrEnum):
     """Codes in a failed job's `result.error.code`."""
 
@@ -41,9 +50,10 @@ class CloseCode:
 
     NORMAL = 1000
     FORBIDDEN = 1008  # policy violation: a browser origin that is not allowed (sent as HTTP 403)
+    INTERNAL = 1011  # the server could not go on with this connection (a bug); reconnect and `watch`
     GOING_AWAY = 1001  # server shutting down: reconnect elsewhere or later, then `watch`
     UNAUTHORIZED = 4001  # no valid token (AMI_TOKENS): connect again with ?token=... or Authorization: Bearer
-    TOO_SLOW = 4008  # the client did not read its frames; reconnect and `watch` to get the results
+    TOO_SLOW = 4008  # the client left more than AMI_MAX_OUTBOX_BYTES unread; reconnect and `watch` to get the results
 
 
 class RequestError(Exception):

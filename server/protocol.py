@@ -23,6 +23,7 @@ HELP = [
     'JSON works too: {"op":"submit","kind":"audio.length","args":{"url":"..."}}',
 ]
 
+OPS = "submit, cancel, status, watch, kinds, ping, help"
 SHORTCUTS = {"audio": ("audio.length", "url"), "euro": ("euro.results", "date")}
 
 
@@ -79,11 +80,60 @@ def parse_request(text: str) -> Request:
     return _parse_command(text)
 
 
-def _parse_json(text: str) -> Request:
+def load_json(text: str | bytes) -> Any:
+    """JSON whose every string can be written as UTF-8, or RequestError.
+
+    JSON may escape lone UTF-16 surrogates (`"\\ud800"`); Python keeps them in its strings, and they
+    blow up much later, wherever the string is encoded (the store, the socket). Refuse them here.
+    """
     try:
-        frame = json.loads(text)
+        value = json.loads(text)
     except (ValueError, RecursionError) as exc:
         raise RequestError(ErrorCode.BAD_JSON, f"not valid JSON: {exc}") from None
+    escaped = "\\u" in text if isinstance(text, str) else b"\\u" in text  # surrogates only come from escapes
+    if escaped and (path := unencodable(value)) is not None:
+        inside_args = path.startswith(("args.", "args[")) or path == "args"
+        code = ErrorCode.INVALID_ARGS if inside_args else ErrorCode.BAD_REQUEST
+        ref = value.get("ref") if isinstance(value, dict) and path != "ref" else None
+        where = path[:100] or "the top"
+        raise RequestError(code, f"the string at {where} is not valid Unicode (a lone surrogate "
+                                 "escape such as \\ud800); send UTF-8 text",
+                           ref if isinstance(ref, str) and unencodable(ref) is None else None)
+    return value
+
+
+def unencodable(value: Any) -> str | None:
+    """The path of the first string (or key) in `value` that UTF-8 cannot encode, or None.
+
+    Iterative, as the JSON decoder allows nesting deeper than Python's recursion limit.
+    """
+    stack: list[tuple[Any, str]] = [(value, "")]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, str):
+            if not _encodable(item):
+                return path
+        elif isinstance(item, dict):
+            for key, inner in item.items():
+                inner_path = f"{path}.{key}" if path else str(key)
+                if not _encodable(key):
+                    return path or "a key"
+                stack.append((inner, inner_path))
+        elif isinstance(item, list):
+            stack.extend((inner, f"{path}[{index}]") for index, inner in enumerate(item))
+    return None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _parse_json(text: str) -> Request:
+    frame = load_json(text)
     if not isinstance(frame, dict):
         raise RequestError(ErrorCode.BAD_REQUEST, "a frame must be a JSON object with an 'op'")
     ref = frame.get("ref")
@@ -93,7 +143,7 @@ def _parse_json(text: str) -> Request:
         raise RequestError(ErrorCode.BAD_REQUEST, f"'ref' is longer than {MAX_REF} characters")
     op = frame.get("op")
     if not isinstance(op, str):
-        raise RequestError(ErrorCode.BAD_REQUEST, "missing 'op' (submit, cancel, status, watch, kinds, ping)", ref)
+        raise RequestError(ErrorCode.BAD_REQUEST, f"missing 'op' ({OPS})", ref)
     if op == "submit":
         kind = frame.get("kind")
         if not isinstance(kind, str):
@@ -111,17 +161,14 @@ def _parse_json(text: str) -> Request:
         jobs = frame.get("jobs")
         if not isinstance(jobs, list) or not all(isinstance(job, str) for job in jobs):
             raise RequestError(ErrorCode.BAD_REQUEST, "watch needs 'jobs', a list of job id strings", ref)
-        if len(jobs) > MAX_WATCH:
-            raise RequestError(ErrorCode.TOO_LARGE, f"watch at most {MAX_WATCH} jobs per frame", ref)
-        return Watch(tuple(jobs), ref)
+        return _watch(jobs, ref)
     if op == "kinds":
         return Kinds(ref)
     if op == "ping":
         return Ping(ref)
     if op == "help":
         return Help(ref)
-    raise RequestError(ErrorCode.UNKNOWN_OP, f"unknown op {op!r}; ops are submit, cancel, status, watch, "
-                                             "kinds, ping", ref)
+    raise RequestError(ErrorCode.UNKNOWN_OP, f"unknown op {op!r}; ops are {OPS}", ref)
 
 
 def _parse_command(text: str) -> Request:
@@ -139,7 +186,7 @@ def _parse_command(text: str) -> Request:
     if word == "watch":
         if not rest:
             raise RequestError(ErrorCode.BAD_REQUEST, "usage: watch <job> [<job> ...]")
-        return Watch(tuple(rest))
+        return _watch(rest, None)
     if not rest and word == "kinds":
         return Kinds()
     if not rest and word == "ping":
@@ -147,6 +194,12 @@ def _parse_command(text: str) -> Request:
     if not rest and word == "help":
         return Help()
     raise RequestError(ErrorCode.UNKNOWN_OP, f"unknown command {word!r}; try 'help'")
+
+
+def _watch(jobs: list[str], ref: str | None) -> Watch:
+    if len(jobs) > MAX_WATCH:
+        raise RequestError(ErrorCode.TOO_LARGE, f"watch at most {MAX_WATCH} jobs per frame", ref)
+    return Watch(tuple(dict.fromkeys(jobs)), ref)  # each job's result at most once per frame
 
 
 def encode(frame: dict[str, Any]) -> str:

@@ -16,8 +16,9 @@ from starlette.routing import Route
 
 from actors import InvalidArgs
 from server.access import token_valid
-from server.errors import ErrorCode, RequestError
+from server.errors import HTTP_STATUS, ErrorCode, RequestError
 from server.jobs import TERMINAL, Job, JobState
+from server.protocol import load_json
 
 if TYPE_CHECKING:
     from server.app import Services
@@ -57,10 +58,19 @@ def _problem(status: int, code: str, message: str) -> JSONResponse:
 
 
 async def _body(request: Request) -> dict[str, Any]:
-    try:
-        body = json.loads(await request.body())
-    except ValueError as exc:
-        raise RequestError(ErrorCode.BAD_JSON, f"the body is not valid JSON: {exc}") from None
+    """The JSON object in a request body no larger than a frame may be, read without holding more."""
+    limit = request.app.state.services.settings.max_frame_bytes
+    too_large = RequestError(ErrorCode.TOO_LARGE, f"the body is larger than {limit} bytes")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    body = load_json(b"".join(chunks))
     if not isinstance(body, dict):
         raise RequestError(ErrorCode.BAD_REQUEST, "the body must be a JSON object")
     return body
@@ -91,8 +101,7 @@ def _handler(make: Callable[[Services, dict[str, Any]], Awaitable[JSONResponse]]
         try:
             return await make(request.app.state.services, await _body(request))
         except RequestError as exc:
-            status = 503 if exc.code is ErrorCode.BUSY else 422
-            return _problem(status, exc.code, exc.message)
+            return _problem(HTTP_STATUS.get(exc.code, 422), exc.code, exc.message)
 
     return endpoint
 
@@ -169,6 +178,9 @@ async def get_pools(request: Request) -> JSONResponse:
 
 
 async def healthz(request: Request) -> JSONResponse:
+    problem = request.app.state.services.store.health()
+    if problem is not None:
+        return JSONResponse({"ok": False, "reason": problem}, status_code=503)
     return JSONResponse({"ok": True})
 
 

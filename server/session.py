@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -31,23 +32,30 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("server.session")
 
-MAX_OUTBOX = 50_000  # frames a client may leave unread before it is cut off (it can `watch` to catch up)
+ROOM_WAIT = 5.0  # seconds a `watch` waits for the client to read once half the outbox limit is queued
+TOO_SLOW = "too many unread bytes; reconnect and watch your jobs"
 
 
 class Session:
     """Serves one socket. `push` never blocks: frames queue for a writer task, so a slow client
-    slows only itself."""
+    slows only itself, and the bytes it leaves unread are capped (close 4008 past the cap)."""
 
     def __init__(self, websocket: WebSocket, services: Services) -> None:
         self.websocket = websocket
         self.services = services
-        self.outbox: asyncio.Queue[str | int | None] = asyncio.Queue()  # a frame, a close code, or the end
+        self.limit = services.settings.max_outbox_bytes
+        self.outbox: asyncio.Queue[tuple[str, int] | int | None] = asyncio.Queue()  # frame, close code, or end
+        self.queued = 0  # bytes in the outbox
+        self.room = asyncio.Event()  # set when the outbox is at most half full
+        self.room.set()
         self.watching: set[Job] = set()
         self.closed = False
+        self._writer: asyncio.Task[None] | None = None
+        self._closer: asyncio.Task[None] | None = None
 
     async def serve(self) -> None:
         await self.websocket.accept()
-        writer = asyncio.create_task(self._write())
+        self._writer = asyncio.create_task(self._write())
         try:
             while not self.closed:
                 message = await self.websocket.receive()
@@ -66,27 +74,72 @@ class Session:
                 job.watchers.pop(self, None)
             self.watching.clear()
             self.outbox.put_nowait(None)
-            await writer
+            await asyncio.wait([self._writer])
+            if self._closer is not None:
+                await self._closer
 
     async def _write(self) -> None:
-        try:
-            while (item := await self.outbox.get()) is not None:
-                if isinstance(item, int):
-                    await self.websocket.close(item, "too many unread frames; reconnect and watch your jobs")
-                    break
-                await self.websocket.send_text(item)
-        except (WebSocketDisconnect, RuntimeError, OSError):
-            self.closed = True
+        while (item := await self.outbox.get()) is not None:
+            if isinstance(item, int):
+                await self._close(item, "")
+                return
+            text, size = item
+            self.queued -= size
+            if self.queued <= self.limit // 2:
+                self.room.set()
+            try:
+                await self.websocket.send_text(text)
+            except (WebSocketDisconnect, RuntimeError, OSError):  # uvicorn's ClientDisconnected is an OSError
+                self.closed = True  # the client left; the reader sees it too
+                return
+            except Exception:
+                log.exception("sending a frame failed; closing the connection")
+                self.closed = True
+                await self._close(CloseCode.INTERNAL, "the server could not send a frame")
+                return
+
+    async def _close(self, code: int, reason: str) -> None:
+        with contextlib.suppress(Exception):  # already closed or gone: nothing left to tell the client
+            await self.websocket.close(code, reason)
 
     def push(self, frame: dict[str, Any]) -> None:
         if self.closed:
             return
-        if self.outbox.qsize() >= MAX_OUTBOX:
-            log.warning("closing a connection that left %d frames unread", MAX_OUTBOX)
-            self.closed = True
-            self.outbox.put_nowait(CloseCode.TOO_SLOW)
+        text = encode(frame)
+        size = len(text) if text.isascii() else len(text.encode("utf-8", "replace"))
+        if self.queued and self.queued + size > self.limit:
+            self._cut_off()
             return
-        self.outbox.put_nowait(encode(frame))
+        self.queued += size
+        if self.queued > self.limit // 2:
+            self.room.clear()
+        self.outbox.put_nowait((text, size))
+
+    def _cut_off(self) -> None:
+        """Drop what a client that does not read left queued, and close with 4008.
+
+        The writer may be stuck sending to a client that reads nothing: it is cancelled, so the close
+        does not wait behind it (the close handshake then times out and the transport is aborted).
+        """
+        log.warning("closing a connection that left more than %d bytes unread", self.limit)
+        self.closed = True
+        while not self.outbox.empty():
+            self.outbox.get_nowait()
+        self.queued = 0
+        if self._writer is not None:
+            self._writer.cancel()
+        self._closer = asyncio.create_task(self._close(CloseCode.TOO_SLOW, TOO_SLOW))
+
+    async def _make_room(self) -> None:
+        """Answers a client asked for wait for it to read what it already has; a client that reads
+        nothing for ROOM_WAIT seconds while asking for more is cut off."""
+        if self.room.is_set():
+            return
+        try:
+            await asyncio.wait_for(self.room.wait(), ROOM_WAIT)
+        except TimeoutError:
+            if not self.closed:
+                self._cut_off()
 
     def forget(self, job: Job) -> None:
         self.watching.discard(job)
@@ -109,6 +162,9 @@ class Session:
         services = self.services
         if isinstance(request, Watch):
             for job_id in request.jobs:
+                await self._make_room()
+                if self.closed:
+                    return
                 try:
                     self._watch(await self._job(job_id, request.ref), request.ref)
                 except RequestError as exc:
