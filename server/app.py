@@ -24,7 +24,7 @@ from server.dispatcher import Dispatcher
 from server.errors import CloseCode, ErrorCode
 from server.jobs import Job, JobState, JobTable
 from server.protocol import encode, error_frame
-from server.raysetup import RayInfo, dashboard_sign_in, ray_session
+from server.raysetup import RayInfo, dashboard_sign_in, ray_session, record_processes
 from server.session import Session
 from server.store import Store, open_store, purge_forever
 
@@ -46,7 +46,7 @@ class Services:
         self.kinds: dict[str, JobKind] = {
             name: kind for name, kind in all_kinds().items() if not kind.optional or settings.enable_echo
         }
-        self.table = JobTable(store, settings.max_finished_jobs, settings.result_ttl)
+        self.table = JobTable(store)
         self.dispatcher = Dispatcher(settings, self.table, self.kinds)
         self._background: set[asyncio.Task[Any]] = set()
         self.sessions: set[Session] = set()
@@ -145,10 +145,12 @@ class Services:
 
 
 @asynccontextmanager
-async def services_context(settings: Settings) -> AsyncIterator[Services]:
+async def services_context(settings: Settings, store: Store | None = None) -> AsyncIterator[Services]:
+    """Everything the app shares, started in order and stopped in reverse; `store` replaces the configured one."""
     async with AsyncExitStack() as stack:
         ray_info = stack.enter_context(ray_session(settings))
-        store = open_store(settings.store, settings.data_dir, settings.result_ttl)
+        if store is None:
+            store = open_store(settings.store, settings.data_dir, settings.result_ttl, settings.max_finished_jobs)
         await store.open()
         stack.push_async_callback(store.close)
         services = Services(settings, ray_info, store)
@@ -158,8 +160,16 @@ async def services_context(settings: Settings) -> AsyncIterator[Services]:
                      services.cancel_requested)
         await services.recover()
         services.spawn(purge_forever(store, settings.result_ttl))
+        if ray_info.processes_file is not None:
+            services.spawn(_record_once_ready(services, ray_info.processes_file))
         stack.callback(lambda: [task.cancel() for task in services._background])
         yield services
+
+
+async def _record_once_ready(services: Services, path: Path) -> None:
+    """Ray starts more processes (workers, agents) as the pools come up: record them too."""
+    await services.dispatcher.ready()
+    await asyncio.to_thread(record_processes, path)
 
 
 class RevalidatedFiles(StaticFiles):
@@ -171,10 +181,10 @@ class RevalidatedFiles(StaticFiles):
         return response
 
 
-def create_app(settings: Settings) -> Starlette:
+def create_app(settings: Settings, store: Store | None = None) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with services_context(settings) as services:
+        async with services_context(settings, store) as services:
             app.state.services = services
             yield
 

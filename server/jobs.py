@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 import uuid
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from server.store import Store
+
+log = logging.getLogger("server.jobs")
 
 
 class JobState(StrEnum):
@@ -82,18 +85,19 @@ class Job:
 
 
 class JobTable:
-    """Every job this server knows: unfinished ones, and finished ones until they expire.
+    """The jobs this server has in hand: unfinished ones, and remote ones someone here watches.
 
-    A job's terminal result is saved to the store before any watcher sees it; jobs of other servers
-    sharing the store are looked up there and followed until they finish.
+    A job's terminal result is saved to the store before any watcher sees it; then the job leaves
+    memory, and whoever asks for it later reads it back from the store. Jobs of other servers sharing
+    the store are looked up there and followed until they finish.
     """
 
-    def __init__(self, store: Store, max_finished: int = 100_000, ttl: float = 48 * 3600.0) -> None:
+    SAVE_RETRIES = 6  # a result the store could not save is tried again this many times (backing off)
+    STORE_FAILED = "the job store could not save this job's result; it runs again when the server restarts"
+
+    def __init__(self, store: Store) -> None:
         self.store = store
         self.jobs: dict[str, Job] = {}
-        self._finished: OrderedDict[str, float] = OrderedDict()
-        self.max_finished = max_finished
-        self.ttl = ttl
 
     def add(self, job: Job) -> Job:
         self.jobs[job.id] = job
@@ -106,7 +110,7 @@ class JobTable:
         return self.jobs.get(job_id)
 
     async def lookup(self, job_id: str) -> Job | None:
-        """A job from memory, or else from the store (a job of another server, or of before a restart)."""
+        """A job from memory, or else from the store (finished, of another server, or of before a restart)."""
         job = self.jobs.get(job_id)
         if job is not None:
             return job
@@ -117,9 +121,8 @@ class JobTable:
         if known is not None:
             return known
         job.remote = True
-        self.jobs[job.id] = job
-        if job.published:
-            self._remember(job)
+        if not job.published:
+            self.jobs[job.id] = job  # followed until its owner finishes it
         return job
 
     async def remote_finished(self, job_id: str) -> None:
@@ -131,7 +134,7 @@ class JobTable:
         if saved is None or not saved.finished or job.published:
             return
         job.state, job.result, job.error, job.finished_at = saved.state, saved.result, saved.error, saved.finished_at
-        self._publish(job, True)
+        self._publish(job)
 
     def start(self, job: Job) -> None:
         job.state = JobState.RUNNING
@@ -154,21 +157,30 @@ class JobTable:
         job.error = error
         job.finished_at = time.time()
         job.running = None
-        self.store.finish(job, lambda saved: self._publish(job, saved))
+        self._save(job, 0)
         return True
 
-    def _publish(self, job: Job, saved: bool) -> None:
+    def _save(self, job: Job, attempt: int) -> None:
+        self.store.finish(job, lambda saved: self._saved(job, saved, attempt))
+
+    def _saved(self, job: Job, saved: bool, attempt: int) -> None:
+        if saved:
+            self._publish(job)
+        elif attempt < self.SAVE_RETRIES:
+            delay = min(0.25 * 2 ** attempt, 5.0)
+            log.warning("the result of job %s was not saved; trying again in %g s", job.id, delay)
+            asyncio.get_running_loop().call_later(delay, self._save, job, attempt + 1)
+        else:
+            # The store still holds the job as unfinished, so a restart runs it again; the watchers are told now.
+            log.error("the result of job %s could not be saved; telling its watchers", job.id)
+            job.state, job.result, job.error = JobState.FAILED, None, {"code": "internal", "message": self.STORE_FAILED}
+            self._publish(job)
+            self.jobs[job.id] = job  # the store would call it unfinished; this server answers for it instead
+
+    def _publish(self, job: Job) -> None:
         job.published = True
         watchers, job.watchers = job.watchers, {}
+        self.jobs.pop(job.id, None)
         for watcher, ref in watchers.items():
             watcher.forget(job)
             watcher.push(job.result_frame(ref))
-        self._remember(job)
-
-    def _remember(self, job: Job) -> None:
-        finished = self._finished
-        now = job.finished_at or time.time()
-        finished[job.id] = now
-        while finished and (len(finished) > self.max_finished or next(iter(finished.values())) < now - self.ttl):
-            job_id, _ = finished.popitem(last=False)
-            self.jobs.pop(job_id, None)

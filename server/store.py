@@ -9,12 +9,14 @@ event loop: they queue for a writer that commits them in batches and then calls 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import queue
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -52,12 +54,15 @@ def cache_key(args: dict[str, Any]) -> str:
 
 
 class Store:
-    """The interface; also the `memory` backend, which keeps nothing beyond the job table."""
+    """The interface; also the `memory` backend, which keeps the last `max_finished` results in memory."""
 
     MEMORY_CACHE = 10_000
 
-    def __init__(self) -> None:
+    def __init__(self, max_finished: int = 100_000) -> None:
         self._results: dict[tuple[str, str], Any] = {}
+        self._finished: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self.max_finished = max_finished
+        self.failure: str | None = None  # why the last write failed, until one succeeds again
 
     async def open(self) -> None:
         self.loop = asyncio.get_running_loop()
@@ -65,23 +70,34 @@ class Store:
     async def close(self) -> None:
         pass
 
+    def health(self) -> str | None:
+        """Why the store cannot take writes now, or None when it can."""
+        return self.failure
+
     def put(self, job: Job, done: Done) -> None:
         done(True)
 
     def finish(self, job: Job, done: Done) -> None:
+        self._finished[job.id] = to_record(job)
+        while len(self._finished) > self.max_finished:
+            self._finished.popitem(last=False)
         done(True)
 
     def start(self, job: Job) -> None:
         """Note that a job is running, for other servers' `status` (shared stores; best effort)."""
 
     async def get(self, job_id: str) -> Job | None:
-        return None
+        record = self._finished.get(job_id)
+        return None if record is None else from_record(record)
 
     async def unfinished(self, owner: str) -> list[Job]:
         return []
 
     async def purge(self, before: float) -> int:
-        return 0
+        expired = [job_id for job_id, record in self._finished.items() if (record["finished_at"] or 0) < before]
+        for job_id in expired:
+            del self._finished[job_id]
+        return len(expired)
 
     async def cached(self, kind: str, args: dict[str, Any]) -> Any:
         """The saved result of an earlier success of a cacheable kind with these args, or None."""
@@ -163,8 +179,14 @@ class SqliteStore(Store):
         rows = await self._query("SELECT result FROM results WHERE kind = ? AND key = ?", (kind, cache_key(args)))
         return json.loads(rows[0]["result"]) if rows else None
 
+    def health(self) -> str | None:
+        if not self._thread.is_alive():
+            return "the job store's writer has stopped"
+        return self.failure
+
     def _write_batches(self) -> None:
-        connection = self._connect()
+        """Commit queued writes in batches until told to stop; no write, however bad, stops it."""
+        connection: sqlite3.Connection | None = None
         running = True
         while running:
             first = self._writes.get()
@@ -180,20 +202,43 @@ class SqliteStore(Store):
                     running = False
                     break
                 batch.append(item)
-            ok = True
             try:
-                connection.execute("BEGIN")
-                for sql, params, _ in batch:
-                    connection.execute(sql, params)
-                connection.execute("COMMIT")
-            except sqlite3.Error:
+                connection = connection or self._connect()
+                outcomes = self._commit(connection, batch)
+            except Exception as exc:  # the file itself is unusable: fail this batch, try afresh with the next
                 log.exception("the job store could not save %d writes", len(batch))
-                ok = False
-                if connection.in_transaction:
-                    connection.execute("ROLLBACK")
-            callbacks = [done for _, _, done in batch]
-            self.loop.call_soon_threadsafe(_call_all, callbacks, ok)
-        connection.close()
+                self.failure = f"the job store could not save: {exc}"
+                outcomes = [False] * len(batch)
+                _close_quietly(connection)
+                connection = None
+            else:
+                self.failure = None if all(outcomes) else self.failure
+            self._call_back([(done, ok) for (_, _, done), ok in zip(batch, outcomes, strict=True)])
+        _close_quietly(connection)
+
+    def _commit(self, connection: sqlite3.Connection, batch: list[tuple[str, tuple[Any, ...], Done]]) -> list[bool]:
+        """Commit the batch in one transaction; if that fails, each write alone, so only the bad ones fail."""
+        try:
+            connection.execute("BEGIN")
+            for sql, params, _ in batch:
+                self._apply(connection, sql, params)
+            connection.execute("COMMIT")
+            return [True] * len(batch)
+        except Exception:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            if len(batch) == 1:
+                log.exception("the job store could not save a write")
+                self.failure = "the job store could not save a write"
+                return [False]
+        return [self._commit(connection, [write])[0] for write in batch]
+
+    def _apply(self, connection: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> None:
+        connection.execute(sql, params)
+
+    def _call_back(self, outcomes: list[tuple[Done, bool]]) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is left to tell
+            self.loop.call_soon_threadsafe(_call_each, outcomes)
 
     async def _query(self, sql: str, params: tuple[Any, ...]) -> list[sqlite3.Row]:
         def run() -> list[sqlite3.Row]:
@@ -234,8 +279,16 @@ def _ignore(ok: bool) -> None:
     pass
 
 
-def _call_all(callbacks: list[Done], ok: bool) -> None:
-    for done in callbacks:
+def _close_quietly(connection: sqlite3.Connection | None) -> None:
+    if connection is not None:
+        try:
+            connection.close()
+        except Exception:
+            log.exception("closing the job store's connection failed")
+
+
+def _call_each(outcomes: list[tuple[Done, bool]]) -> None:
+    for done, ok in outcomes:
         try:
             done(ok)
         except Exception:
@@ -331,10 +384,13 @@ class RedisStore(Store):
                         for write, _ in batch:
                             write(pipe)
                         await pipe.execute()
-                except Exception:
+                except Exception as exc:
                     log.exception("the job store could not save %d writes", len(batch))
+                    self.failure = f"the job store could not save: {exc}"
                     ok = False
-                _call_all([done for _, done in batch], ok)
+                else:
+                    self.failure = None
+                _call_each([(done, ok) for _, done in batch])
         finally:
             self._flushing = None
 
@@ -374,9 +430,9 @@ class RedisStore(Store):
         self.loop.create_task(publish())
 
 
-def open_store(kind: str, data_dir: Path, ttl: float) -> Store:
+def open_store(kind: str, data_dir: Path, ttl: float, max_finished: int = 100_000) -> Store:
     if kind == "memory":
-        return Store()
+        return Store(max_finished)
     if kind == "sqlite":
         return SqliteStore(data_dir / "jobs.sqlite3")
     return RedisStore(kind, ttl)

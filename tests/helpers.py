@@ -19,6 +19,7 @@ from websockets.asyncio.client import ClientConnection
 
 from server.app import create_app
 from server.config import Settings
+from server.store import Store
 
 T = TypeVar("T")
 TIMEOUT = 60.0
@@ -51,12 +52,12 @@ class _Server(uvicorn.Server):
 class ServerThread:
     """The real app on real uvicorn on a free loopback port, in a background thread."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, store: Store | None = None) -> None:
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.port = int(self.sock.getsockname()[1])
         self.settings = settings.replace(port=self.port, namespace=f"test-{uuid.uuid4().hex[:8]}")
-        self.app = create_app(self.settings)
+        self.app = create_app(self.settings, store)
         config = uvicorn.Config(self.app, log_level="warning", lifespan="on",
                                 ws_max_size=max(4 * self.settings.max_frame_bytes, 1024 * 1024))
         self.server = _Server(config)

@@ -338,9 +338,12 @@ def test_pools_are_named_by_kind_and_calls_go_to_the_least_loaded_actor(server: 
 def test_a_job_cut_off_by_a_dying_actor_runs_again_and_succeeds(server: ServerThread) -> None:
     import ray
 
+    running: list[Any] = []
+
     async def scenario() -> dict[str, Any]:
         async with await Client.connect(server.ws_url) as client:
             job = await client.submit("echo", {"n": "survivor", "delay_ms": 2000})
+            running.append(server.app.state.services.table.get(job))  # finished jobs leave the table
             pools = (await asyncio.to_thread(requests.get, f"{server.url}/pools", timeout=10)).json()["pools"]
             echo = next(pool for pool in pools if pool["kind"] == "echo")
             busy = next(actor["name"] for actor in echo["actors"] if actor["inflight"] == 1)
@@ -350,5 +353,5 @@ def test_a_job_cut_off_by_a_dying_actor_runs_again_and_succeeds(server: ServerTh
 
     frame = run(scenario(), timeout=90)
     assert frame["status"] == "succeeded" and frame["result"] == {"n": "survivor", "delay_ms": 2000}
-    job = server.app.state.services.table.get(frame["job"])
-    assert job is not None and job.attempts == 2
+    [job] = running
+    assert job is not None and job.id == frame["job"] and job.attempts == 2
