@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import sys
+import threading
 from collections.abc import Sequence
+from types import FrameType
 
 import uvicorn
 from starlette.applications import Starlette
 
 from server.app import announce, create_app
 from server.config import Settings, SettingsError
+from server.raysetup import kill_descendants
+
+HARD_STOP_AFTER = 30.0  # seconds past the graceful timeout before the server kills what it started and exits
 
 
 class Server(uvicorn.Server):
@@ -28,6 +34,20 @@ class Server(uvicorn.Server):
         if not self.should_exit:
             announce(self.settings, self.starlette.state.services)
 
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if not self.should_exit:
+            # uvicorn's graceful timeout bounds the requests; this bounds everything after them (Ray's shutdown).
+            watchdog = threading.Timer(self.settings.shutdown_timeout + HARD_STOP_AFTER, _force_exit)
+            watchdog.daemon = True
+            watchdog.start()
+        super().handle_exit(sig, frame)
+
+
+def _force_exit() -> None:
+    print("error: the server did not stop in time; killing what it started", file=sys.stderr, flush=True)
+    kill_descendants()
+    os._exit(1)
+
 
 def run(settings: Settings) -> None:
     """Serve until told to stop; Ray, the actors and the sockets are closed on the way out."""
@@ -40,6 +60,7 @@ def run(settings: Settings) -> None:
         log_level=settings.log_level,
         lifespan="on",
         ws_max_size=max(4 * settings.max_frame_bytes, 1024 * 1024),
+        timeout_graceful_shutdown=settings.shutdown_timeout,  # type: ignore[arg-type]  # a float works
     )
     Server(config, settings, app).run()
 

@@ -184,6 +184,8 @@ class Dispatcher:
             ray.cancel(running.ref)
 
     def _done(self, pool: Pool, job: Job, actor: int, future: asyncio.Future[Any]) -> None:
+        if not future.cancelled():
+            future.exception()  # retrieved even when unused (a cancelled or timed-out job), so asyncio logs nothing
         if self.closing:
             return
         pool.inflight[actor] -= 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import signal
@@ -11,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import ray
 
 import actors
@@ -20,6 +23,7 @@ log = logging.getLogger("server.ray")
 
 MiB = 1024 * 1024
 TOKEN_FILE = Path.home() / ".ray" / "auth_token"
+PROCESSES_FILE = "ray-processes.json"  # in the data dir: the embedded Ray's pids, for the next start to reap
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,7 @@ class RayInfo:
     owned: bool  # this process started Ray (embedded) or joined it, and must leave it
     dashboard_url: str | None
     address: str
+    processes_file: Path | None = None  # where the embedded Ray's processes are recorded
 
 
 @contextmanager
@@ -44,6 +49,7 @@ def ray_session(settings: Settings) -> Iterator[RayInfo]:
             runtime_env={"py_modules": [os.path.dirname(actors.__file__)]},
         )
     else:
+        reap_orphans(settings.data_dir / PROCESSES_FILE)
         context = ray.init(
             address="local",  # never attach to a stale cluster by accident
             namespace=settings.ray_namespace,
@@ -56,11 +62,66 @@ def ray_session(settings: Settings) -> Iterator[RayInfo]:
     # ray.init installs its own SIGTERM handler, which would skip uvicorn's graceful shutdown.
     _restore(saved)
     dashboard = settings.dashboard_url or (f"http://{context.dashboard_url}" if context.dashboard_url else None)
+    record = None if settings.ray_address else settings.data_dir / PROCESSES_FILE
+    if record is not None:
+        record_processes(record)
     try:
-        yield RayInfo(True, dashboard, settings.ray_address or "embedded")
+        yield RayInfo(True, dashboard, settings.ray_address or "embedded", record)
     finally:
         ray.shutdown()
         _restore(saved)
+        if record is not None:
+            kill_descendants()  # whatever Ray's own shutdown left running
+            record.unlink(missing_ok=True)
+
+
+def record_processes(path: Path) -> None:
+    """Write down the processes this server started (its embedded Ray), by pid and start time.
+
+    A server killed with SIGKILL cannot stop them; some of Ray's agents outlive it. The next start on
+    the same data dir reaps exactly these, and never a process that merely reuses a pid.
+    """
+    mine = [{"pid": child.pid, "started": child.create_time()} for child in _descendants()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(mine))
+
+
+def reap_orphans(path: Path) -> int:
+    """Kill what an earlier server on this data dir recorded and left running; the count killed."""
+    try:
+        recorded = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return 0
+    found = []
+    for entry in recorded:
+        try:
+            process = psutil.Process(int(entry["pid"]))
+            if abs(process.create_time() - float(entry["started"])) < 0.01:
+                process.kill()
+                found.append(process)
+        except (psutil.Error, KeyError, TypeError, ValueError):
+            continue
+    psutil.wait_procs(found, timeout=10)
+    if found:
+        log.warning("stopped %d processes an earlier server left running", len(found))
+    path.unlink(missing_ok=True)
+    return len(found)
+
+
+def kill_descendants() -> None:
+    """Kill every process this one started and is still running (used once the server is done with them)."""
+    children = _descendants()
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+    psutil.wait_procs(children, timeout=10)
+
+
+def _descendants() -> list[psutil.Process]:
+    try:
+        return psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return []
 
 
 def _signal_handlers() -> dict[int, object]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import psutil
 import pytest
 
 from bench.servers import free_port
+from bench.silent import SilentClient
 from tests.helpers import Client, run
 from tests.processes import ROOT, server_process
 
@@ -75,10 +77,6 @@ def test_jobs_accepted_before_a_sigkill_finish_after_the_restart(tmp_path: Path)
         children = first.descendants()
         first.popen.kill()  # SIGKILL: no shutdown of any kind
         first.popen.wait(30)
-        for child in children:  # its embedded Ray, by the pids it started
-            if child.is_running():
-                child.kill()
-        psutil.wait_procs(children, timeout=30)
     finally:
         if first.popen.poll() is None:
             first.kill()
@@ -87,6 +85,8 @@ def test_jobs_accepted_before_a_sigkill_finish_after_the_restart(tmp_path: Path)
     try:
         second.wait_for_line(lambda line: line.startswith("Socket:"))
         assert any("resubmitted 30 jobs" in line for line in second.output)
+        _gone, orphans = psutil.wait_procs(children, timeout=30)
+        assert orphans == [], f"the restart left the killed server's processes running: {orphans}"
 
         async def resume() -> dict[str, dict[str, object]]:
             async with await Client.connect(f"ws://127.0.0.1:{port}/ws") as client:
@@ -102,3 +102,35 @@ def test_jobs_accepted_before_a_sigkill_finish_after_the_restart(tmp_path: Path)
     finally:
         if second.popen.poll() is None:
             second.kill()
+        for child in children:  # the first server's Ray, by the pids it started, whatever the test found
+            if child.is_running():
+                child.kill()
+
+
+def test_a_stuck_request_does_not_stop_the_server_from_stopping(tmp_path: Path) -> None:
+    port = free_port()
+    process = server_process("--port", str(port), "--enable-echo", "--data-dir", str(tmp_path),
+                             "--pools", "audio.length=0,euro.results=0,echo=1", "--no-dashboard",
+                             "--ray-num-cpus", "1", "--object-store-mb", "100", "--shutdown-timeout", "2")
+    stuck = socket.socket()
+    try:
+        process.wait_for_line(lambda line: line.startswith("Socket:"))
+        children = process.descendants()
+        stuck.connect(("127.0.0.1", port))  # a body announced and never sent: the request never ends
+        stuck.sendall(b"POST /jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\n{")
+        silent = websocket_that_never_closes(port)
+        assert process.stop(signal.SIGTERM, timeout=90) == 0
+        _gone, alive = psutil.wait_procs(children, timeout=30)
+        assert alive == [], f"left behind: {[p.pid for p in alive]}"
+        assert any("timeout graceful shutdown exceeded" in line for line in process.output)
+        silent.close()
+    finally:
+        stuck.close()
+        if process.popen.poll() is None:
+            process.kill()
+
+
+def websocket_that_never_closes(port: int) -> SilentClient:
+    client = SilentClient(f"ws://127.0.0.1:{port}/ws")
+    client.send("ping")
+    return client
