@@ -228,6 +228,60 @@ class Bench:
         await asyncio.gather(*(s.close() for s in sockets), return_exceptions=True)
         return len(sockets), (after - before) / max(1, len(sockets)), alive
 
+    # --- a client that never reads --------------------------------------------------------------
+
+    def slow_reader(self) -> dict[str, float]:
+        """A client that asks for megabytes with `watch` and reads nothing: how much the server grows
+        before it cuts the client off (4008), and how fast another client's ping is answered meanwhile."""
+        from bench.silent import SilentClient
+
+        out: dict[str, float] = {}
+        with server(*ECHO_ONLY, "--data-dir", str(self.tmp / "slow")) as running:
+            async def prepare() -> list[str]:
+                jobs = []
+                async with websockets.connect(running.ws_url, max_size=None) as ws:
+                    for n in range(60):
+                        args = {"n": n, "pad": "z" * 60_000}
+                        await ws.send(json.dumps({"op": "submit", "kind": "echo", "args": args}))
+                        while (frame := json.loads(await ws.recv()))["type"] != "result":
+                            pass
+                        jobs.append(frame["job"])
+                    for _ in range(3):  # a client that reads watches them too: the store's read cache fills
+                        await ws.send(json.dumps({"op": "watch", "jobs": jobs}))
+                        for _ in jobs:
+                            await ws.recv()
+                return jobs
+
+            async def episode(jobs: list[str]) -> tuple[list[float], int]:
+                peak = running.rss()
+                pings: list[float] = []
+                silent = SilentClient(running.ws_url)
+                for _ in range(20):  # 20 x 60 results of 60 KB: 72 MB asked for
+                    silent.send(json.dumps({"op": "watch", "jobs": jobs}))
+                async with websockets.connect(running.ws_url) as probe:
+                    ended = time.perf_counter() + 12  # past the 5 s a watch waits for the client to read
+                    while time.perf_counter() < ended:
+                        started = time.perf_counter()
+                        await probe.send("ping")
+                        await probe.recv()
+                        pings.append((time.perf_counter() - started) * 1000)
+                        peak = max(peak, running.rss())
+                        await asyncio.sleep(0.01)
+                _, close = await asyncio.to_thread(silent.read_until_closed)
+                silent.close()
+                out["close code"] = close.code if close is not None else 0
+                return pings, peak
+
+            jobs = asyncio.run(prepare())
+            before = running.rss()
+            pings, peak = asyncio.run(episode(jobs))
+            out["rss growth MiB"] = (peak - before) / MiB
+            out["limit MiB"] = 1.0
+            out["ping p50 ms"] = statistics.median(pings)
+            out["ping p99 ms"] = sorted(pings)[int(0.99 * (len(pings) - 1))]
+            self.log(f"  never-reading client: {out}")
+        return out
+
     # --- audio -----------------------------------------------------------------------------------
 
     def audio(self) -> dict[str, Any]:
@@ -361,6 +415,7 @@ def main() -> None:
             stores[name] = section(f"product, store {store}", functools.partial(bench.product, store))
     polls = section("push against polling", bench.push_and_poll)
     conns = section("idle connections", bench.connections)
+    slow = section("a client that never reads", bench.slow_reader)
     audio = section("audio", bench.audio)
     cold = section("cold start", bench.cold_start)
 
@@ -421,6 +476,15 @@ def main() -> None:
     for count, (held, per, alive) in conns.items():
         out.append(f"| {count:,} | {held:,} | {per / 1024:.1f} KiB | {'yes' if alive else 'no'} |")
 
+    out += ["", "## A client that never reads", "",
+            "It sends 20 `watch` frames naming 60 finished jobs of 60 KB results each (72 MB asked for) and reads "
+            "nothing; another client pings every 10 ms meanwhile. Server RSS is sampled during the episode, "
+            "against its RSS after a client that reads had watched the same jobs (so fixed caches, such as "
+            "SQLite's 2 MB page cache, are full before).", "",
+            f"- closed with {slow['close code']:.0f}; server RSS grew by at most {slow['rss growth MiB']:.1f} MiB "
+            f"against a {slow['limit MiB']:.0f} MiB outbox limit (kernel socket buffers are not in the RSS)",
+            f"- the other client's ping meanwhile: p50 {slow['ping p50 ms']:.2f} ms, p99 {slow['ping p99 ms']:.2f} ms"]
+
     out += ["", "## Audio", "",
             "Milliseconds: the header path (`actors.audio.measure`) against a full `librosa.load` decode of the "
             "same bytes, then a whole `audio.length` job (download included, from loopback) with a range request "
@@ -447,6 +511,8 @@ def main() -> None:
         ("10,000 connections held", conns.get(10000, (0, 0, False))[0] == 10000 and conns[10000][2]
          if 10000 in conns else False),
         ("first result within 10 s of start", statistics.median(cold) <= 10),
+        ("a never-reading client is cut off (4008) before the server grows by 2x its outbox limit",
+         slow["close code"] == 4008 and slow["rss growth MiB"] <= 2 * slow["limit MiB"]),
         ("store costs at most a quarter of the throughput",
          all(stores[n][s].rate >= 0.75 * stores["memory"][s].rate for n in ("sqlite", "redis") for s in shapes)),
     ]
