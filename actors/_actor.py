@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from actors._base import JobFailed, WorkerConfig
+from actors._fetch import Scope, job_scope
 
 log = logging.getLogger("actors")
 
@@ -17,6 +20,8 @@ class KindActor:
 
     `run` never raises for a job's own failure: it returns `{"ok": result}` or
     `{"error": {"code", "message"}}`, so the server can tell a failed job from a lost worker.
+    A sync worker runs in a thread pool as large as the kind's concurrency (asyncio's default has as
+    few as 6 threads); a cancelled job stops its downloads, so its thread is free at once.
     """
 
     def __init__(self, kind_name: str, config: WorkerConfig) -> None:
@@ -25,6 +30,8 @@ class KindActor:
         self.kind = all_kinds()[kind_name]
         self.worker = self.kind.worker(config)
         self._is_async = inspect.iscoroutinefunction(self.worker.run)
+        self._threads = None if self._is_async else ThreadPoolExecutor(
+            self.kind.pool.max_concurrency, thread_name_prefix=f"{self.kind.actor_name}-job")
         warmup = getattr(self.worker, "warmup", None)
         if warmup is not None:
             warmup()
@@ -35,15 +42,20 @@ class KindActor:
         return str(ray.get_runtime_context().get_node_id())
 
     async def run(self, args: dict[str, Any]) -> dict[str, Any]:
+        scope = Scope()
+        job_scope.set(scope)  # this task's own context, copied into the worker's thread
         try:
             if self._is_async:
                 value = await self.worker.run(args)
             else:
-                value = await asyncio.to_thread(self.worker.run, args)
+                context = contextvars.copy_context()
+                value = await asyncio.get_running_loop().run_in_executor(self._threads, context.run,
+                                                                         self.worker.run, args)
             return {"ok": value}
         except JobFailed as exc:
             return {"error": {"code": exc.code, "message": exc.message}}
         except asyncio.CancelledError:
+            scope.stop("cancelled")
             raise
         except Exception:
             log.exception("%s worker failed on %r", self.kind.name, args)

@@ -14,7 +14,7 @@ class WorkerConfig:
     euro_url: str = "https://www.euro-millions.com/results/"
     allow_private_urls: bool = False
     max_audio_bytes: int = 100 * 1024 * 1024
-    fetch_timeout: float = 10.0
+    fetch_timeout: float = 30.0  # a whole download, by the wall clock
 
 
 class JobFailed(Exception):

@@ -4,16 +4,22 @@ Every connection, the first and each redirect hop, resolves its host itself, ref
 private, link-local, multicast, unspecified and reserved addresses (unless allowed), and connects
 to the very address it checked, so a DNS answer that changes between check and use (rebinding)
 gains nothing.
+
+Every socket a download opens or reuses belongs to its `Scope`s: the download's own, which a timer
+stops at the wall-clock deadline, and the job's, which the actor stops when the job is cancelled.
+Stopping shuts the sockets down, so no read, however slowly a server trickles, outlives either.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import ipaddress
 import socket
-import time
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 from urllib.parse import urlsplit
 
 import requests
@@ -32,17 +38,79 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], list[str]]
 
 
+class Scope:
+    """The sockets of some downloads, shut down together when the scope stops (deadline or cancel)."""
+
+    def __init__(self) -> None:
+        self._sockets: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self.stopped: str | None = None  # why: "deadline" or "cancelled"
+
+    def attach(self, sock: socket.socket) -> None:
+        with self._lock:
+            if self.stopped is None:
+                self._sockets.add(sock)
+                return
+        _shut(sock)
+
+    def stop(self, why: str) -> None:
+        with self._lock:
+            if self.stopped is not None:
+                return
+            self.stopped, sockets, self._sockets = why, self._sockets, set()
+        for sock in sockets:
+            _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)  # a blocked recv returns at once; close stays with its owner
+
+
+job_scope: contextvars.ContextVar[Scope | None] = contextvars.ContextVar("job_scope", default=None)
+_active = threading.local()  # the scopes of the download running in this thread
+
+
+def _attach(sock: socket.socket | None) -> None:
+    if sock is not None:
+        for scope in getattr(_active, "scopes", ()):
+            scope.attach(sock)
+
+
 def system_resolver(host: str, port: int) -> list[str]:
     """Every address `host` resolves to, in the order the system prefers."""
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
+NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # the well-known prefix: the last 32 bits are an IPv4 address
+SITE_LOCAL = ipaddress.IPv6Network("fec0::/10")  # deprecated, still routed inside some networks
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address carries and leads to: mapped, compatible, 6to4, NAT64, Teredo."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip in NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    if ip.teredo is not None:
+        return ip.teredo[1]  # the client behind the relay
+    if int(ip) >> 32 == 0 and int(ip) > 1:  # ::a.b.c.d, "IPv4-compatible" (deprecated, still parsed)
+        return ipaddress.IPv4Address(int(ip))
+    return None
+
+
 def forbidden_reason(address: str) -> str | None:
     """Why a user-supplied URL may not reach `address`, or None when it may."""
     ip: IPAddress = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in SITE_LOCAL:
+            return "site-local"
+        inner = embedded_ipv4(ip)
+        if inner is not None:
+            return forbidden_reason(str(inner))
     for reason, hit in (
         ("loopback", ip.is_loopback),
         ("link-local", ip.is_link_local),
@@ -76,10 +144,10 @@ class UrlGuard:
         if not self.allow_private:
             for address in found:
                 why = self.reason(address)
-                if why:
-                    raise JobFailed(
-                        "forbidden_url", f"{host} resolves to {why} address {address}; such URLs are refused"
-                    )
+                if why:  # the address itself stays out of the message: it would map internal names for anyone
+                    article = "an" if why[0] in "aeiou" else "a"
+                    message = f"{host} resolves to {article} {why} address; such URLs are refused"
+                    raise JobFailed("forbidden_url", message)
         return found
 
 
@@ -94,6 +162,7 @@ def _guarded_connection(base: type[HTTPConnection], guard: UrlGuard) -> type[HTT
                     for option in self.socket_options or ():
                         sock.setsockopt(*option)
                     sock.settimeout(self.timeout)
+                    _attach(sock)
                     sock.connect((address, self.port))
                     return sock
                 except TimeoutError as exc:
@@ -103,6 +172,10 @@ def _guarded_connection(base: type[HTTPConnection], guard: UrlGuard) -> type[HTT
                     sock.close()
                     last = exc
             raise NewConnectionError(self, f"cannot connect to {self.host}: {last}")
+
+        def request(self, *args: Any, **kwargs: Any) -> None:
+            _attach(self.sock)  # a kept-alive connection, reused: it belongs to this download now
+            super().request(*args, **kwargs)
 
     return GuardedConnection
 
@@ -146,24 +219,50 @@ class Download:
     url: str
     status: int
     headers: dict[str, str]
-    body: bytes
+    body: bytes  # the whole body, or its first bytes when it was written to a file
+    size: int  # bytes received
 
 
 @dataclass
 class Fetcher:
-    """Streams a URL into memory with a size cap, a time limit and the guard on every hop."""
+    """Streams a URL with a size cap, a wall-clock deadline and the guard on every hop."""
 
     guard: UrlGuard
-    timeout: float = 10.0
+    timeout: float = 30.0  # seconds for a whole download, connect to last byte
     max_bytes: int = 100 * 1024 * 1024
-    deadline: float | None = None  # seconds for the whole download; None: 10 timeouts
 
     def __post_init__(self) -> None:
         self.session = make_session(self.guard)
 
-    def get(self, url: str, headers: dict[str, str] | None = None, max_bytes: int | None = None) -> Download:
+    def get(self, url: str, headers: dict[str, str] | None = None, max_bytes: int | None = None,
+            into: IO[bytes] | None = None, keep: int | None = None) -> Download:
+        """Download `url`: the body in memory, or written to `into` with only its first `keep` bytes kept."""
         check_url(url)
         limit = self.max_bytes if max_bytes is None else max_bytes
+        scopes = [download := Scope()]
+        if (job := job_scope.get()) is not None:
+            scopes.append(job)
+        timer = threading.Timer(self.timeout, download.stop, ("deadline",))
+        timer.daemon = True
+        _active.scopes = scopes
+        timer.start()
+        try:
+            return self._get(url, headers, limit, into, keep)
+        except Exception as exc:  # a stopped scope explains whatever the shut-down socket raised
+            stopped = next((scope.stopped for scope in scopes if scope.stopped), None)
+            if stopped == "deadline":
+                raise JobFailed("timeout", f"downloading {url} took longer than {self.timeout:g} s") from None
+            if stopped == "cancelled":
+                raise JobFailed("timeout", "the job was cancelled") from None
+            if isinstance(exc, JobFailed):
+                raise
+            raise JobFailed("fetch_failed", f"cannot fetch {url}: {_reason(exc)}") from None
+        finally:
+            timer.cancel()
+            _active.scopes = ()
+
+    def _get(self, url: str, headers: dict[str, str] | None, limit: int, into: IO[bytes] | None,
+             keep: int | None) -> Download:
         try:
             response = self.session.get(url, stream=True, timeout=(self.timeout, self.timeout),
                                         headers=headers, allow_redirects=True)
@@ -178,22 +277,27 @@ class Fetcher:
         except requests.exceptions.RequestException as exc:
             raise JobFailed("fetch_failed", f"cannot fetch {url}: {_reason(exc)}") from None
         with response:
-            body = b"".join(self._stream(response, url, limit))
-            return Download(response.url, response.status_code, dict(response.headers), body)
+            if into is None:
+                body = b"".join(self._stream(response, url, limit))
+                return Download(response.url, response.status_code, dict(response.headers), body, len(body))
+            kept, size = bytearray(), 0
+            for chunk in self._stream(response, url, limit):
+                into.write(chunk)
+                size += len(chunk)
+                if keep is not None and len(kept) < keep:
+                    kept += chunk[:keep - len(kept)]
+            return Download(response.url, response.status_code, dict(response.headers), bytes(kept), size)
 
     def _stream(self, response: requests.Response, url: str, limit: int) -> Iterator[bytes]:
         declared = response.headers.get("Content-Length", "")
         if response.status_code < 300 and declared.isdigit() and int(declared) > limit:
             raise JobFailed("too_large", f"{url} is {int(declared)} bytes; the limit is {limit}")
-        deadline = time.monotonic() + (self.deadline or self.timeout * 10)
         size = 0
         try:
             for chunk in response.iter_content(CHUNK):
                 size += len(chunk)
                 if size > limit:
                     raise JobFailed("too_large", f"{url} is larger than the limit of {limit} bytes")
-                if time.monotonic() > deadline:
-                    raise JobFailed("timeout", f"downloading {url} took too long")
                 yield chunk
         except requests.exceptions.RequestException as exc:
             if "timed out" in str(exc).lower():

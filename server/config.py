@@ -73,7 +73,8 @@ class Settings:
         default=100 * 1024 * 1024, metadata=_env("AMI_MAX_AUDIO_BYTES", "largest audio download")
     )
     fetch_timeout: float = field(
-        default=10.0, metadata=_env("AMI_FETCH_TIMEOUT", "seconds to connect, and between bytes read")
+        default=30.0,
+        metadata=_env("AMI_FETCH_TIMEOUT", "seconds one download may take by the wall clock, connect to last byte"),
     )
     job_timeout: float = field(default=300.0, metadata=_env("AMI_JOB_TIMEOUT", "seconds a job may run"))
     max_pending: int = field(
