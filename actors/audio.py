@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
-import io
-import os
 import re
 import tempfile
-from typing import Any
+from typing import IO, Any
 
 from actors._base import InvalidArgs, JobFailed, JobKind, PoolSpec, WorkerConfig
 from actors._fetch import Download, Fetcher, UrlGuard, check_url
-from actors._headers import HeaderError, Length, aiff_length, flac_length, mp3_has_length_frame, sniff, wav_length
+from actors._headers import (
+    HeaderError,
+    Length,
+    aiff_length,
+    flac_length,
+    mp3_has_length_frame,
+    mpeg_length,
+    sniff,
+    wav_length,
+)
 
 MAX_URL = 4096
 PREFIX_BYTES = 256 * 1024  # a range request of this much holds the header of every format read here
 HEADER_READERS = {"WAV": wav_length, "FLAC": flac_length, "AIFF": aiff_length}
 CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+)")
+UNKNOWN_FRAMES = 1 << 62  # libsndfile's SF_COUNT_MAX and anything near it is "unknown", never a length
+DECODE_BLOCK = 64 * 1024  # frames decoded at a time when only decoding can tell the length
 
 
 def validate(args: dict[str, Any]) -> dict[str, Any]:
@@ -45,7 +54,7 @@ def _result(length: Length, method: str) -> dict[str, Any]:
         raise JobFailed("not_audio", "the file holds no audio frames")
     if length.sample_rate <= 0 or length.channels <= 0:
         raise JobFailed("not_audio", "the file declares no sample rate or no channels")
-    return {
+    result: dict[str, Any] = {
         "duration": length.frames / length.sample_rate,
         "frames": length.frames,
         "sample_rate": length.sample_rate,
@@ -53,6 +62,9 @@ def _result(length: Length, method: str) -> dict[str, Any]:
         "format": length.format,
         "method": method,
     }
+    if length.truncated:
+        result["truncated"] = True
+    return result
 
 
 def from_header(data: bytes, total: int) -> dict[str, Any] | None:
@@ -68,51 +80,76 @@ def from_header(data: bytes, total: int) -> dict[str, Any] | None:
 
 
 def measure(body: bytes) -> dict[str, Any]:
-    """The length of a whole audio file held in memory: from its header if possible, else by decoding."""
-    if not body or (len(body) <= 4096 and not body.strip(b"\x00 \t\r\n")):
+    """The length of a whole audio file held in memory (tests, benchmarks): see `measure_file`."""
+    with tempfile.NamedTemporaryFile(prefix="ami-audio-") as spool:
+        spool.write(body)
+        spool.flush()
+        return measure_file(spool.name, body[:PREFIX_BYTES], len(body))
+
+
+def measure_file(path: str, head: bytes, size: int) -> dict[str, Any]:
+    """The length of the audio file at `path` (`size` bytes, starting with `head`), in bounded memory.
+
+    From its header where the format states the length; an MP3 without a Xing/VBRI frame by counting its
+    frames; anything else libsndfile reads by decoding it in blocks and counting. Never the whole file
+    in memory, decoded or not.
+    """
+    if not size or (size <= 4096 and not head.strip(b"\x00 \t\r\n")):
         raise JobFailed("not_audio", "the URL returned an empty body")
-    if _looks_like_text(body[:1024]):
+    if _looks_like_text(head[:1024]):
         raise JobFailed("not_audio", "the URL returned a text/HTML document, not audio")
-    found = from_header(body, len(body))
+    found = from_header(head, size)
     if found is not None:
         return found
-    container = sniff(body[:4096])
-    if container != "MP3" or mp3_has_length_frame(body[:8192]):
-        info = _soundfile_info(body)
-        if info is not None:
-            return _result(info, "header")
-    return _decode(body, container)
+    container = sniff(head[:4096])
+    if container == "MP3" and not mp3_has_length_frame(head[:8192]):
+        with open(path, "rb") as stream:
+            counted = mpeg_length(stream)
+        if counted is None:
+            raise JobFailed("not_audio", "the MP3 file holds no MPEG audio frames")
+        return _result(counted, "scan")
+    info = _soundfile_info(path)
+    if info is not None:
+        return _result(info, "header")
+    return _decode(path, container)
 
 
-def _soundfile_info(body: bytes) -> Length | None:
+def _soundfile_info(path: str) -> Length | None:
+    """libsndfile's length from the header, when it states one (not "unknown", not empty)."""
     import soundfile
 
     try:
-        info = soundfile.info(io.BytesIO(body))
+        info = soundfile.info(path)
     except (RuntimeError, soundfile.LibsndfileError, ValueError, EOFError):
         return None
-    if info.frames <= 0 or info.samplerate <= 0:
-        return None
+    if not 0 < info.frames < UNKNOWN_FRAMES or info.samplerate <= 0:
+        return None  # libsndfile says SF_COUNT_MAX where a header calls the length unknown
     return Length(int(info.frames), int(info.samplerate), int(info.channels), str(info.format))
 
 
-def _decode(body: bytes, container: str | None) -> dict[str, Any]:
-    import librosa
+def _decode(path: str, container: str | None) -> dict[str, Any]:
+    """Count frames by decoding in blocks: memory stays one block, whatever the duration.
 
-    fd, path = tempfile.mkstemp(prefix="ami-audio-")
+    The raw `sf_readf_short`, because soundfile's own reads seek after every block, and libsndfile
+    cannot seek in a FLAC whose length is unknown, the very file that has to be decoded to be measured.
+    """
+    import soundfile
+    from soundfile import _ffi, _snd
+
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(body)
-        try:
-            samples, rate = librosa.load(path, sr=None, mono=False)
-        except Exception as exc:
-            if container is None:
-                raise JobFailed("unsupported_format", "not an audio format this service reads") from None
-            raise JobFailed("not_audio", f"the {container} file cannot be decoded ({type(exc).__name__})") from None
-    finally:
-        os.unlink(path)
-    channels = 1 if samples.ndim == 1 else int(samples.shape[0])
-    return _result(Length(int(samples.shape[-1]), int(rate), channels, container or "UNKNOWN"), "decode")
+        with soundfile.SoundFile(path) as audio:
+            block = _ffi.new("short[]", DECODE_BLOCK * audio.channels)
+            frames = 0
+            while (got := _snd.sf_readf_short(audio._file, block, DECODE_BLOCK)) > 0:
+                frames += got
+            if _snd.sf_error(audio._file):
+                raise RuntimeError(_ffi.string(_snd.sf_strerror(audio._file)).decode(errors="replace"))
+            rate, channels = audio.samplerate, audio.channels
+    except (RuntimeError, soundfile.LibsndfileError, ValueError, EOFError) as exc:
+        if container is None:
+            raise JobFailed("unsupported_format", "not an audio format this service reads") from None
+        raise JobFailed("not_audio", f"the {container} file cannot be decoded ({type(exc).__name__})") from None
+    return _result(Length(frames, int(rate), int(channels), container or "UNKNOWN"), "decode")
 
 
 def _total_size(download: Download) -> int | None:
@@ -126,42 +163,41 @@ def _check_status(download: Download) -> None:
 
 
 class AudioLength:
-    """Measures the audio at a URL, downloading only the header where that is enough."""
+    """Measures the audio at a URL, downloading only the header where that is enough.
+
+    Whatever is downloaded goes to a temporary file, never whole into memory.
+    """
 
     def __init__(self, config: WorkerConfig, guard: UrlGuard | None = None) -> None:
         guard = guard or UrlGuard(allow_private=config.allow_private_urls)
         self.fetcher = Fetcher(guard, timeout=config.fetch_timeout, max_bytes=config.max_audio_bytes)
 
-    def warmup(self) -> None:
-        # librosa's first decode compiles numba code (~12 s); pay it here, not in a user's job.
-        import librosa
-        import numpy as np
-        import soundfile
-
-        buffer = io.BytesIO()
-        soundfile.write(buffer, np.zeros(800, dtype="float32"), 8000, format="WAV")
-        librosa.load(io.BytesIO(buffer.getvalue()), sr=None)
-
     def run(self, args: dict[str, Any]) -> dict[str, Any]:
         url = args["url"]
-        first = self.fetcher.get(url, headers={"Range": f"bytes=0-{PREFIX_BYTES - 1}"})
-        if first.status == 416:  # an empty file has no byte 0
-            first = self.fetcher.get(url)
-        _check_status(first)
-        total = _total_size(first)
-        downloaded = len(first.body)
-        if total is not None and total > self.fetcher.max_bytes:
-            raise JobFailed("too_large", f"{url} is {total} bytes; the limit is {self.fetcher.max_bytes}")
-        if total is not None and downloaded < total:
-            found = from_header(first.body, total)
-            if found is not None:
-                return {**found, "bytes": downloaded}
-            whole = self.fetcher.get(url)
-            _check_status(whole)
-            body, downloaded = whole.body, downloaded + len(whole.body)
-        else:
-            body = first.body
-        return {**measure(body), "bytes": downloaded}
+        with tempfile.NamedTemporaryFile(prefix="ami-audio-") as spool:
+            first = self._get(url, spool, {"Range": f"bytes=0-{PREFIX_BYTES - 1}"})
+            if first.status == 416:  # an empty file has no byte 0
+                first = self._get(url, spool)
+            _check_status(first)
+            total = _total_size(first)
+            downloaded = first.size
+            if total is not None and total > self.fetcher.max_bytes:
+                raise JobFailed("too_large", f"{url} is {total} bytes; the limit is {self.fetcher.max_bytes}")
+            whole = first
+            if total is not None and downloaded < total:
+                found = from_header(first.body, total)
+                if found is not None:
+                    return {**found, "bytes": downloaded}
+                whole = self._get(url, spool)
+                _check_status(whole)
+                downloaded += whole.size
+            spool.flush()
+            return {**measure_file(spool.name, whole.body, whole.size), "bytes": downloaded}
+
+    def _get(self, url: str, spool: IO[bytes], headers: dict[str, str] | None = None) -> Download:
+        spool.seek(0)
+        spool.truncate()
+        return self.fetcher.get(url, headers=headers, into=spool, keep=PREFIX_BYTES)
 
 
 KIND = JobKind(
@@ -176,6 +212,6 @@ KIND = JobKind(
     },
     validate=validate,
     worker=AudioLength,
-    pool=PoolSpec(size=1, max_concurrency=4),
+    pool=PoolSpec(size=1, max_concurrency=16),  # downloads wait on the network: stuck ones must not starve others
     example={"url": "https://example.com/audio.wav"},
 )

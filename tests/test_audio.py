@@ -160,18 +160,32 @@ def test_other_formats_exact_from_the_header(http: FixtureHTTP, fmt: str, subtyp
     assert (result["format"], result["method"]) == (expected_format, "header")
 
 
-def test_mp3_without_a_xing_frame_is_decoded(http: FixtureHTTP) -> None:
-    body = encode(44100, 44100, "MP3", "MPEG_LAYER_III")
-    assert body[:2] == b"\xff\xfb" and b"Xing" in body[:64], "the first frame is the Xing frame"
-    bitrates = [0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320]  # MPEG-1 layer III, kbit/s
-    frame_length = 144 * bitrates[body[2] >> 4] * 1000 // 44100 + ((body[2] >> 1) & 1)
-    stripped = body[frame_length:]
-    assert stripped[:2] == b"\xff\xfb"
-    assert b"Xing" not in stripped and b"Info" not in stripped
+def strip_xing(body: bytes) -> tuple[bytes, int]:
+    """An MP3 without its first (Xing) frame, and the audio frames the encoder counted in that frame."""
+    from actors._headers import mpeg_frame
+
+    at = body.find(b"Xing")
+    assert body[:2] in (b"\xff\xfb", b"\xff\xf3", b"\xff\xe3") and 0 < at < 64, "the first frame is the Xing frame"
+    (flags,) = struct.unpack(">I", body[at + 4:at + 8])
+    assert flags & 1, "the Xing frame counts the frames"
+    (counted,) = struct.unpack(">I", body[at + 8:at + 12])
+    first = mpeg_frame(body[:4])
+    assert first is not None
+    stripped = body[first[0]:]
+    assert b"Xing" not in stripped and b"Info" not in stripped and mpeg_frame(stripped[:4]) is not None
+    return stripped, counted * first[1]
+
+
+@pytest.mark.parametrize(("rate", "channels"), [(44100, 1), (48000, 2), (22050, 2), (8000, 1)],
+                         ids=["mpeg1-mono", "mpeg1-stereo", "mpeg2", "mpeg2.5"])
+def test_mp3_without_a_xing_frame_is_measured_by_its_frame_count(http: FixtureHTTP, rate: int, channels: int) -> None:
+    stripped, samples = strip_xing(encode(rate * 2, rate, "MP3", "MPEG_LAYER_III", channels=channels))
     result = worker().run({"url": serve(http, stripped)})
-    assert result["method"] == "decode" and result["format"] == "MP3"
-    decoded, rate = soundfile.read(io.BytesIO(stripped))
-    assert (result["frames"], result["sample_rate"]) == (len(decoded), rate)
+    assert (result["method"], result["format"]) == ("scan", "MP3")
+    assert (result["frames"], result["sample_rate"], result["channels"]) == (samples, rate, channels)
+    id3v2 = b"ID3\x03\x00\x00\x00\x00\x01\x00" + b"\x00" * 128  # a tag before, an ID3v1 tag and junk after
+    tagged = id3v2 + stripped + b"TAG" + b"\xff" * 125 + bytes(range(256)) * 4
+    assert measure(tagged)["frames"] == samples
 
 
 def test_a_range_request_of_the_header_is_enough_for_a_large_file(http: FixtureHTTP) -> None:
@@ -207,10 +221,9 @@ def run_failing(url: str, **config: object) -> JobFailed:
 
 
 @pytest.mark.parametrize("ranges", [True, False], ids=["range", "no-range"])
-def test_truncated_files_are_not_audio(http: FixtureHTTP, ranges: bool) -> None:
+def test_files_cut_before_their_audio_are_not_audio(http: FixtureHTTP, ranges: bool) -> None:
     wav = encode(44100 * 10, 44100, "WAV", "PCM_16")
-    aiff = encode(44100 * 10, 44100, "AIFF", "PCM_16")
-    for body in (wav[: len(wav) // 2], aiff[: len(aiff) // 2], wav[:30]):
+    for body in (wav[:30], wav[:44]):
         failure = run_failing(serve(http, body, ranges))
         assert failure.code == "not_audio", failure.message
 
@@ -405,7 +418,7 @@ def test_guard_on_by_default_refuses_loopback(http: FixtureHTTP) -> None:
     with pytest.raises(JobFailed) as caught:
         AudioLength(WorkerConfig(fetch_timeout=5)).run({"url": url})
     assert caught.value.code == "forbidden_url"
-    assert "loopback address 127.0.0.1" in caught.value.message
+    assert "loopback" in caught.value.message
     assert worker(allow_private_urls=True).run({"url": url})["frames"] == 800
 
 
