@@ -226,3 +226,13 @@ def test_a_refusal_names_the_reason_but_not_the_address() -> None:
         message = caught.value.message
         assert caught.value.code == "forbidden_url" and why in message and host in message
         assert "10.1.2.3" not in message and "a01" not in message and "fec0" not in message
+
+
+@pytest.mark.parametrize("fmt", ["RF64", "WAVEX"])
+def test_a_bad_block_align_in_rf64_and_extensible_files_from_libsndfile(fmt: str) -> None:
+    body = bytearray(encode(1000, 8000, fmt, "PCM_16", channels=2))
+    at = body.index(b"fmt ") + 8 + 12  # the block align field of the fmt chunk
+    assert struct.unpack("<H", body[at:at + 2]) == (4,)
+    body[at:at + 2] = struct.pack("<H", 2)
+    assert soundfile.info(io.BytesIO(bytes(body))).frames == 1000
+    assert measure(bytes(body))["frames"] == 1000
