@@ -14,6 +14,7 @@ from types import FrameType
 import uvicorn
 from starlette.applications import Starlette
 
+from server.access import redact_tokens_in_logs
 from server.app import announce, create_app
 from server.config import Settings, SettingsError
 from server.raysetup import kill_descendants
@@ -62,6 +63,7 @@ def run(settings: Settings) -> None:
         ws_max_size=max(4 * settings.max_frame_bytes, 1024 * 1024),
         timeout_graceful_shutdown=settings.shutdown_timeout,  # type: ignore[arg-type]  # a float works
     )
+    redact_tokens_in_logs()  # after uvicorn configured its loggers: its access log writes whole request lines
     Server(config, settings, app).run()
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
@@ -18,7 +20,7 @@ from starlette.websockets import WebSocket
 
 from actors import JobKind, all_kinds
 from server import rest
-from server.access import origin_allowed, token_valid
+from server.access import Access, presented_token
 from server.config import Settings
 from server.dispatcher import Dispatcher
 from server.errors import CloseCode, ErrorCode
@@ -31,7 +33,7 @@ from server.store import Store, open_store, purge_forever
 log = logging.getLogger("server")
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
-UNAUTHORIZED = "this server needs a token: connect with ?token=... or an Authorization: Bearer header"
+UNAUTHORIZED = "the token presented is not valid"
 MAX_RESTARTS = 3  # server restarts a job may live through before it fails instead of running again
 
 
@@ -40,6 +42,7 @@ class Services:
 
     def __init__(self, settings: Settings, ray_info: RayInfo, store: Store) -> None:
         self.settings = settings
+        self.access = Access(settings)
         self.ray = ray_info
         self.store = store
         self.owner = settings.identity
@@ -190,15 +193,18 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
 
     async def websocket_endpoint(websocket: WebSocket) -> None:
         services: Services = websocket.app.state.services
-        if not origin_allowed(websocket, settings):
+        access = services.access
+        if not access.origin_allowed(websocket.headers.get("origin")):
             await websocket.close(CloseCode.FORBIDDEN)  # before accepting: the handshake gets HTTP 403
             return
-        if not token_valid(websocket, settings):
+        token = presented_token(websocket)
+        if token is not None and not access.token_valid(token):
             await websocket.accept()
             await websocket.send_text(encode(error_frame(ErrorCode.UNAUTHORIZED, UNAUTHORIZED)))
             await websocket.close(CloseCode.UNAUTHORIZED, "a valid token is required")
             return
-        session = Session(websocket, services)
+        # No token at all: the first frames may present one (`auth`), for clients that cannot set headers.
+        session = Session(websocket, services, authorized=access.token_valid(token))
         services.sessions.add(session)
         try:
             await session.serve()
@@ -210,6 +216,8 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
 
     async def config(request: Request) -> JSONResponse:
         services: Services = request.app.state.services
+        if (refused := rest.unauthorized(request)) is not None:
+            return refused
         return JSONResponse({"dashboard_url": services.ray.dashboard_url, "kinds": sorted(services.kinds)})
 
     routes = [
@@ -219,7 +227,10 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
         *rest.routes,
         Mount("/static", RevalidatedFiles(directory=WEB_DIR), name="static"),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    # Before any route, handshakes included: a name that is not ours is a DNS rebinding attempt, or a mistake.
+    hosts = Access(settings).hosts
+    middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=["*"] if "*" in hosts else hosts)]
+    return Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
 
 
 def announce(settings: Settings, services: Services) -> None:

@@ -53,6 +53,14 @@ class Settings:
     tokens: tuple[str, ...] = field(
         default=(), metadata=_env("AMI_TOKENS", "comma-separated tokens clients must present; unset: no tokens")
     )
+    allowed_hosts: tuple[str, ...] = field(
+        default=(),
+        metadata=_env("AMI_ALLOWED_HOSTS", "Host names clients may use besides the defaults (loopback names when "
+                                           "bound to loopback, else the bind address), or '*'"),
+    )
+    auth_timeout: float = field(
+        default=5.0, metadata=_env("AMI_AUTH_TIMEOUT", "seconds a socket without a token has to send 'auth'")
+    )
     allowed_origins: tuple[str, ...] = field(
         default=(),
         metadata=_env("AMI_ALLOWED_ORIGINS", "browser origins allowed besides the server's own, or '*'"),
@@ -154,6 +162,7 @@ class Settings:
             (self.max_frame_bytes >= 256, "AMI_MAX_FRAME_BYTES", "must be at least 256"),
             (self.max_outbox_bytes >= 4096, "AMI_MAX_OUTBOX_BYTES", "must be at least 4096"),
             (self.shutdown_timeout > 0, "AMI_SHUTDOWN_TIMEOUT", "must be positive"),
+            (self.auth_timeout > 0, "AMI_AUTH_TIMEOUT", "must be positive"),
             (self.max_audio_bytes >= 1024, "AMI_MAX_AUDIO_BYTES", "must be at least 1024"),
             (self.fetch_timeout > 0, "AMI_FETCH_TIMEOUT", "must be positive"),
             (self.job_timeout > 0, "AMI_JOB_TIMEOUT", "must be positive"),

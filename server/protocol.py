@@ -10,6 +10,7 @@ from server.errors import ErrorCode, RequestError
 
 MAX_REF = 128
 MAX_WATCH = 1000
+MAX_TOKEN = 1024
 
 HELP = [
     "audio <url>                 length of the audio at <url>",
@@ -18,12 +19,13 @@ HELP = [
     "status <job>                state of a job",
     "watch <job> [<job> ...]     results of jobs, now or when they finish",
     "kinds                       the job kinds and their args",
+    "auth <token>                present a token (servers with tokens)",
     "ping                        pong",
     "help                        this text",
     'JSON works too: {"op":"submit","kind":"audio.length","args":{"url":"..."}}',
 ]
 
-OPS = "submit, cancel, status, watch, kinds, ping, help"
+OPS = "submit, cancel, status, watch, kinds, ping, help, auth"
 SHORTCUTS = {"audio": ("audio.length", "url"), "euro": ("euro.results", "date")}
 
 
@@ -53,6 +55,12 @@ class Watch:
 
 
 @dataclass(frozen=True, slots=True)
+class Auth:
+    token: str
+    ref: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Kinds:
     ref: str | None = None
 
@@ -67,7 +75,7 @@ class Help:
     ref: str | None = None
 
 
-Request = Submit | Cancel | Status | Watch | Kinds | Ping | Help
+Request = Submit | Cancel | Status | Watch | Kinds | Ping | Help | Auth
 
 
 def parse_request(text: str) -> Request:
@@ -162,6 +170,12 @@ def _parse_json(text: str) -> Request:
         if not isinstance(jobs, list) or not all(isinstance(job, str) for job in jobs):
             raise RequestError(ErrorCode.BAD_REQUEST, "watch needs 'jobs', a list of job id strings", ref)
         return _watch(jobs, ref)
+    if op == "auth":
+        token = frame.get("token")
+        if not isinstance(token, str) or not token or len(token) > MAX_TOKEN:
+            raise RequestError(ErrorCode.BAD_REQUEST, f"auth needs a 'token' string of at most {MAX_TOKEN} characters",
+                               ref)
+        return Auth(token, ref)
     if op == "kinds":
         return Kinds(ref)
     if op == "ping":
@@ -187,6 +201,10 @@ def _parse_command(text: str) -> Request:
         if not rest:
             raise RequestError(ErrorCode.BAD_REQUEST, "usage: watch <job> [<job> ...]")
         return _watch(rest, None)
+    if word == "auth":
+        if len(rest) != 1 or len(rest[0]) > MAX_TOKEN:
+            raise RequestError(ErrorCode.BAD_REQUEST, "usage: auth <token>")
+        return Auth(rest[0])
     if not rest and word == "kinds":
         return Kinds()
     if not rest and word == "ping":

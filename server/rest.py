@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from actors import InvalidArgs
-from server.access import token_valid
+from server.access import is_json
 from server.errors import HTTP_STATUS, ErrorCode, RequestError
 from server.jobs import TERMINAL, Job, JobState
 from server.protocol import load_json
@@ -47,10 +47,29 @@ class CallbackLogger:
         pass
 
 
-def _unauthorized(request: Request) -> JSONResponse | None:
-    if token_valid(request, request.app.state.services.settings):
+def unauthorized(request: Request) -> JSONResponse | None:
+    """A 401 answer when the server has tokens and the request presents no valid one, else None."""
+    if request.app.state.services.access.connection_token_valid(request):
         return None
     return _problem(401, "unauthorized", "a valid token is required (Authorization: Bearer or ?token=)")
+
+
+def cross_site(request: Request) -> JSONResponse | None:
+    """A refusal of a write a web page may have sent on a visitor's behalf (CSRF), else None.
+
+    Browsers send `Origin` with every POST; a foreign one is refused (403). A body that is not JSON is
+    refused (415) unless it comes from an allowed origin: HTML forms and `text/plain` are how a page sends
+    a cross-site write without asking first. Requests without `Origin` and with a JSON body, or none
+    (curl, scripts, the old clients), are served as before.
+    """
+    access = request.app.state.services.access
+    origin = request.headers.get("origin")
+    if origin is not None and not access.origin_allowed(origin):
+        return _problem(403, "forbidden", f"requests from the web page at {origin[:100]} are not allowed here")
+    content_type = request.headers.get("content-type")
+    if content_type and not is_json(content_type) and origin is None:
+        return _problem(415, "unsupported_media_type", "send the body as JSON (Content-Type: application/json)")
+    return None
 
 
 def _problem(status: int, code: str, message: str) -> JSONResponse:
@@ -96,7 +115,7 @@ async def _create(services: Services, kind_name: str, args: Any, callback: bool 
 
 def _handler(make: Callable[[Services, dict[str, Any]], Awaitable[JSONResponse]]) -> Callable[[Request], Any]:
     async def endpoint(request: Request) -> JSONResponse:
-        if (refused := _unauthorized(request)) is not None:
+        if (refused := unauthorized(request) or cross_site(request)) is not None:
             return refused
         try:
             return await make(request.app.state.services, await _body(request))
@@ -118,7 +137,7 @@ async def post_job(services: Services, body: dict[str, Any]) -> JSONResponse:
 
 
 async def get_job(request: Request) -> JSONResponse:
-    if (refused := _unauthorized(request)) is not None:
+    if (refused := unauthorized(request)) is not None:
         return refused
     job = await request.app.state.services.table.lookup(request.path_params["job"])
     if job is None:
@@ -155,7 +174,7 @@ def _old_result(job: Job) -> Any:
 
 
 async def get_task(request: Request) -> JSONResponse:
-    if (refused := _unauthorized(request)) is not None:
+    if (refused := unauthorized(request)) is not None:
         return refused
     job = await request.app.state.services.table.lookup(request.path_params["task"])
     if job is None:
@@ -171,6 +190,8 @@ async def get_task(request: Request) -> JSONResponse:
 
 
 async def get_pools(request: Request) -> JSONResponse:
+    if (refused := unauthorized(request)) is not None:
+        return refused
     services = request.app.state.services
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(services.dispatcher.ready(), POOLS_WAIT)  # node ids are known once actors start
@@ -178,6 +199,8 @@ async def get_pools(request: Request) -> JSONResponse:
 
 
 async def healthz(request: Request) -> JSONResponse:
+    if (refused := unauthorized(request)) is not None:
+        return refused
     problem = request.app.state.services.store.health()
     if problem is not None:
         return JSONResponse({"ok": False, "reason": problem}, status_code=503)

@@ -14,6 +14,7 @@ from server.errors import CloseCode, ErrorCode, RequestError
 from server.jobs import Job
 from server.protocol import (
     HELP,
+    Auth,
     Cancel,
     Help,
     Kinds,
@@ -34,15 +35,19 @@ log = logging.getLogger("server.session")
 
 ROOM_WAIT = 5.0  # seconds a `watch` waits for the client to read once half the outbox limit is queued
 TOO_SLOW = "too many unread bytes; reconnect and watch your jobs"
+NEEDS_TOKEN = ("this server needs a token: send {\"op\":\"auth\",\"token\":\"...\"} (or 'auth TOKEN') first, or "
+               "connect with an Authorization: Bearer header")
+CLOSE_REASONS = {CloseCode.UNAUTHORIZED: "a valid token is required", CloseCode.TOO_SLOW: TOO_SLOW}
 
 
 class Session:
     """Serves one socket. `push` never blocks: frames queue for a writer task, so a slow client
     slows only itself, and the bytes it leaves unread are capped (close 4008 past the cap)."""
 
-    def __init__(self, websocket: WebSocket, services: Services) -> None:
+    def __init__(self, websocket: WebSocket, services: Services, authorized: bool = True) -> None:
         self.websocket = websocket
         self.services = services
+        self.authorized = authorized  # False until an `auth` frame presents a valid token
         self.limit = services.settings.max_outbox_bytes
         self.outbox: asyncio.Queue[tuple[str, int] | int | None] = asyncio.Queue()  # frame, close code, or end
         self.queued = 0  # bytes in the outbox
@@ -56,6 +61,10 @@ class Session:
     async def serve(self) -> None:
         await self.websocket.accept()
         self._writer = asyncio.create_task(self._write())
+        deadline = None
+        if not self.authorized:
+            timeout = self.services.settings.auth_timeout
+            deadline = asyncio.get_running_loop().call_later(timeout, self._refuse, None)
         try:
             while not self.closed:
                 message = await self.websocket.receive()
@@ -69,6 +78,8 @@ class Session:
         except WebSocketDisconnect:
             pass
         finally:
+            if deadline is not None:
+                deadline.cancel()
             self.closed = True
             for job in self.watching:
                 job.watchers.pop(self, None)
@@ -81,7 +92,7 @@ class Session:
     async def _write(self) -> None:
         while (item := await self.outbox.get()) is not None:
             if isinstance(item, int):
-                await self._close(item, "")
+                await self._close(item, CLOSE_REASONS.get(item, ""))
                 return
             text, size = item
             self.queued -= size
@@ -114,6 +125,14 @@ class Session:
         if self.queued > self.limit // 2:
             self.room.clear()
         self.outbox.put_nowait((text, size))
+
+    def _refuse(self, ref: str | None) -> None:
+        """No valid token: say so, then close with 4001 once that is sent."""
+        if self.authorized or self.closed:
+            return
+        self.push(error_frame(ErrorCode.UNAUTHORIZED, NEEDS_TOKEN, ref))
+        self.closed = True
+        self.outbox.put_nowait(CloseCode.UNAUTHORIZED)
 
     def _cut_off(self) -> None:
         """Drop what a client that does not read left queued, and close with 4008.
@@ -151,6 +170,8 @@ class Session:
             return
         try:
             request = parse_request(text)
+            if not self.authorized and not isinstance(request, Auth | Ping | Help):
+                raise RequestError(ErrorCode.UNAUTHORIZED, NEEDS_TOKEN, getattr(request, "ref", None))
             if isinstance(request, Submit):
                 self.submit(request)  # no await: a socket's submissions are saved in batches
             else:
@@ -181,6 +202,13 @@ class Session:
             self.push(_with_ref({"type": "pong"}, request.ref))
         elif isinstance(request, Help):
             self.push(_with_ref({"type": "help", "commands": HELP}, request.ref))
+        elif isinstance(request, Auth):
+            if services.access.token_valid(request.token):
+                self.authorized = True
+                self.push(_with_ref({"type": "authorized"}, request.ref))
+            else:
+                self.authorized = False
+                self._refuse(request.ref)
 
     def submit(self, request: Submit) -> None:
         services = self.services
