@@ -3,7 +3,7 @@ import { FIRST_DRAW, drawDaysInMonth, isoDate } from "./draws.js";
 import { formatDuration, formatElapsed, formatRate, weekdayDate } from "./format.js";
 
 const STORAGE_KEY = "ami.jobs.v1";
-const TOKEN = new URLSearchParams(location.search).get("token");  // where the server asks for one
+const TOKEN_KEY = "ami.token";  // sessionStorage: this tab only, never in the URL, history or server logs
 const TERMINAL = new Set(["done", "failed", "cancelled"]);
 const STATES = { queued: "queued", running: "running", succeeded: "done", failed: "failed", cancelled: "cancelled" };
 const KIND_LABELS = { "audio.length": "Audio length", "euro.results": "EuroMillions" };
@@ -34,24 +34,39 @@ function setConnection(state, text) {
   const badge = $("#connection");
   badge.dataset.state = state;
   badge.textContent = text;
-  for (const button of document.querySelectorAll("form button")) button.disabled = state !== "open";
+  for (const button of document.querySelectorAll(".forms form button")) button.disabled = state !== "open";
+}
+
+function token() {
+  return sessionStorage.getItem(TOKEN_KEY);
+}
+
+function authHeaders() {
+  return token() ? { Authorization: `Bearer ${token()}` } : {};
+}
+
+// The token form: shown when the server asks for a token, or refused the one given.
+function askForToken(message) {
+  sessionStorage.removeItem(TOKEN_KEY);
+  setConnection("closed", "This server needs a token");
+  $("#token-message").textContent = message;
+  $("#token-form").hidden = false;
+  $("#token").focus();
 }
 
 function connect() {
   setConnection("connecting", attempt ? "Reconnecting…" : "Connecting…");
   const scheme = location.protocol === "https:" ? "wss" : "ws";
-  const query = TOKEN ? `?token=${encodeURIComponent(TOKEN)}` : "";
-  socket = new WebSocket(`${scheme}://${location.host}/ws${query}`);
+  socket = new WebSocket(`${scheme}://${location.host}/ws`);
   socket.addEventListener("open", () => {
     attempt = 0;
-    setConnection("open", "Connected");
-    const unfinished = [...rows.values()].filter((row) => row.job && !TERMINAL.has(row.state)).map((row) => row.job);
-    if (unfinished.length) send({ op: "watch", jobs: unfinished, ref: "resume" });
+    if (token()) send({ op: "auth", token: token(), ref: "auth" });  // first frame: no secret in the URL
+    else ready();
   });
   socket.addEventListener("message", (event) => receive(JSON.parse(event.data)));
   socket.addEventListener("close", (event) => {
     if (event.code === 4001) {
-      setConnection("closed", "This server needs a token: open this page as /?token=…");
+      askForToken(token() ? "That token was refused." : "");
       return;
     }
     for (const row of rows.values()) {
@@ -72,7 +87,18 @@ function send(frame) {
   return false;
 }
 
+function ready() {
+  setConnection("open", "Connected");
+  const unfinished = [...rows.values()].filter((row) => row.job && !TERMINAL.has(row.state)).map((row) => row.job);
+  if (unfinished.length) send({ op: "watch", jobs: unfinished, ref: "resume" });
+}
+
 function receive(frame) {
+  if (frame.type === "authorized") {
+    ready();
+    return;
+  }
+  if (frame.type === "error" && frame.code === "unauthorized") return;  // the server closes next (4001)
   const byJob = frame.job && [...rows.values()].find((row) => row.job === frame.job);
   if (frame.type === "accepted") {
     const row = rows.get(frame.ref);
@@ -215,19 +241,47 @@ function setUp() {
     save();
     $("#empty").hidden = rows.size > 0;
   });
-  fetch("/config.json").then((response) => response.json()).then((config) => {
-    if (config.dashboard_url) {
-      const link = $("#dashboard");
-      link.href = config.dashboard_url;
-      link.hidden = false;
-    }
-  }).catch(() => {});
+  $("#token-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    sessionStorage.setItem(TOKEN_KEY, $("#token").value.trim());
+    $("#token").value = "";
+    $("#token-form").hidden = true;
+    start();
+  });
+  const fromUrl = new URLSearchParams(location.search).get("token");  // an old bookmark: take it, drop it
+  if (fromUrl) {
+    sessionStorage.setItem(TOKEN_KEY, fromUrl);
+    history.replaceState(null, "", location.pathname);
+  }
 
   for (const row of rows.values()) {
     if (row.state === "sending") Object.assign(row, { state: "failed", error: "The page closed before the server accepted this job; submit it again." });
     render(row);
   }
   $("#empty").hidden = rows.size > 0;
+  start();
+}
+
+// Ask the server what the page needs (it answers 401 when it has tokens and we have none that is valid).
+async function start() {
+  let response;
+  try {
+    response = await fetch("/config.json", { headers: authHeaders() });
+  } catch {
+    response = null;
+  }
+  if (response && response.status === 401) {
+    askForToken(token() ? "That token was refused." : "");
+    return;
+  }
+  if (response && response.ok) {
+    const config = await response.json();
+    if (config.dashboard_url) {
+      const link = $("#dashboard");
+      link.href = config.dashboard_url;
+      link.hidden = false;
+    }
+  }
   connect();
 }
 
