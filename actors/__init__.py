@@ -5,9 +5,9 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from actors._base import InvalidArgs, JobFailed, JobKind, PoolSpec, Worker, WorkerConfig
+from actors._base import InvalidArgs, JobErrorCode, JobFailed, JobKind, PoolSpec, Worker, WorkerConfig
 
-__all__ = ["InvalidArgs", "JobFailed", "JobKind", "PoolSpec", "Worker", "WorkerConfig", "all_kinds"]
+__all__ = ["InvalidArgs", "JobErrorCode", "JobFailed", "JobKind", "PoolSpec", "Worker", "WorkerConfig", "all_kinds"]
 
 
 def all_kinds() -> dict[str, JobKind]:

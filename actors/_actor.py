@@ -9,7 +9,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from actors._base import JobFailed, WorkerConfig
+from actors._base import JobErrorCode, JobFailed, WorkerConfig
 from actors._fetch import Scope, job_scope
 
 log = logging.getLogger("actors")
@@ -53,10 +53,11 @@ class KindActor:
                                                                          self.worker.run, args)
             return {"ok": value}
         except JobFailed as exc:
-            return {"error": {"code": exc.code, "message": exc.message}}
+            return {"error": {"code": str(exc.code), "message": exc.message}}
         except asyncio.CancelledError:
             scope.stop("cancelled")
             raise
         except Exception:
             log.exception("%s worker failed on %r", self.kind.name, args)
-            return {"error": {"code": "internal", "message": "the worker failed unexpectedly; see the server log"}}
+            message = "the worker failed unexpectedly; see the server log"
+            return {"error": {"code": str(JobErrorCode.INTERNAL), "message": message}}

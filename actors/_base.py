@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
+from functools import cached_property
 from typing import Any, Protocol
+
+import jsonschema
+from jsonschema.exceptions import ValidationError, best_match
 
 
 @dataclass(frozen=True)
@@ -17,10 +22,26 @@ class WorkerConfig:
     fetch_timeout: float = 30.0  # a whole download, by the wall clock
 
 
-class JobFailed(Exception):
-    """A job ended in failure for a reason the user can act on; `code` is a protocol error code."""
+class JobErrorCode(StrEnum):
+    """Codes in a failed job's `result.error.code` (protocol v1)."""
 
-    def __init__(self, code: str, message: str) -> None:
+    INVALID_ARGS = "invalid_args"
+    FETCH_FAILED = "fetch_failed"
+    FORBIDDEN_URL = "forbidden_url"
+    TIMEOUT = "timeout"
+    TOO_LARGE = "too_large"
+    NOT_AUDIO = "not_audio"
+    UNSUPPORTED_FORMAT = "unsupported_format"
+    NOT_FOUND = "not_found"
+    PARSE_FAILED = "parse_failed"
+    WORKER_LOST = "worker_lost"
+    INTERNAL = "internal"
+
+
+class JobFailed(Exception):
+    """A job ended in failure for a reason the user can act on."""
+
+    def __init__(self, code: JobErrorCode, message: str) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
@@ -30,7 +51,7 @@ class InvalidArgs(JobFailed):
     """The arguments of a submission cannot be used; raised by a kind's `validate`."""
 
     def __init__(self, message: str) -> None:
-        super().__init__("invalid_args", message)
+        super().__init__(JobErrorCode.INVALID_ARGS, message)
 
 
 class Worker(Protocol):
@@ -48,12 +69,34 @@ class PoolSpec:
     max_concurrency: int = 4
 
 
+def describe(error: ValidationError) -> str:
+    """A schema error in words a user can act on (the field, and what it must be)."""
+    where = "args" + "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error.absolute_path)
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    if error.validator == "required":
+        missing = error.message.split("'")[1] if error.message.count("'") >= 2 else "a field"
+        return f"{where}.{missing} is required"
+    if error.validator == "additionalProperties":
+        extra = sorted(set(error.instance) - set(schema.get("properties", {}))) if isinstance(error.instance,
+                                                                                            dict) else []
+        return f"unknown args: {', '.join(map(str, extra))}"
+    if error.validator == "type":
+        return f"{where} must be of type {error.validator_value}"
+    if error.validator == "pattern":
+        return f"{where} must be {schema.get('description') or 'of the form ' + str(error.validator_value)}"
+    if error.validator == "maxLength":
+        return f"{where} is longer than {error.validator_value} characters"
+    return f"{where}: {error.message}"
+
+
 @dataclass(frozen=True)
 class JobKind:
     """Everything the server needs to know about one kind of job.
 
-    `validate` turns raw args into the args the worker gets, or raises InvalidArgs; it runs in the
-    server before a job exists, so it must be cheap and never touch the network.
+    `schema` is the single source of truth for the shape of the args (checked with jsonschema, and
+    published by `kinds`). `validate` adds meaning only (a draw day, a URL the guard accepts): it
+    receives args the schema accepted and returns the args the worker gets, or raises InvalidArgs;
+    it runs in the server before a job exists, so it must be cheap and never touch the network.
     `worker` is a plain class: `Worker(config)` then `run(args)` (sync, run in a thread, or async);
     an optional `warmup()` runs once when the actor starts.
     """
@@ -68,3 +111,16 @@ class JobKind:
     optional: bool = False  # off unless enabled by the operator (the echo kind)
     cacheable: bool = False  # a success never changes for the same args: the job store keeps it for reuse
     example: dict[str, Any] = field(default_factory=dict)
+
+    @cached_property
+    def _validator(self) -> jsonschema.protocols.Validator:
+        validator_class = jsonschema.validators.validator_for(self.schema)
+        validator_class.check_schema(self.schema)
+        return validator_class(self.schema)
+
+    def check(self, args: Any) -> dict[str, Any]:
+        """The args the worker gets: the schema's shape first, then the kind's meaning; else InvalidArgs."""
+        error = best_match(self._validator.iter_errors(args))
+        if error is not None:
+            raise InvalidArgs(describe(error))
+        return self.validate(args)

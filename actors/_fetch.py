@@ -28,7 +28,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
 
-from actors._base import JobFailed
+from actors._base import JobErrorCode, JobFailed
 
 USER_AGENT = "async-ml-inference/0.1 (+https://github.com/async-ml-inference)"
 MAX_REDIRECTS = 5
@@ -138,16 +138,16 @@ class UrlGuard:
         try:
             found = self.resolver(host, port)
         except (socket.gaierror, UnicodeError) as exc:
-            raise JobFailed("fetch_failed", f"cannot resolve host {host!r}: {exc}") from None
+            raise JobFailed(JobErrorCode.FETCH_FAILED, f"cannot resolve host {host!r}: {exc}") from None
         if not found:
-            raise JobFailed("fetch_failed", f"host {host!r} has no address")
+            raise JobFailed(JobErrorCode.FETCH_FAILED, f"host {host!r} has no address")
         if not self.allow_private:
             for address in found:
                 why = self.reason(address)
                 if why:  # the address itself stays out of the message: it would map internal names for anyone
                     article = "an" if why[0] in "aeiou" else "a"
                     message = f"{host} resolves to {article} {why} address; such URLs are refused"
-                    raise JobFailed("forbidden_url", message)
+                    raise JobFailed(JobErrorCode.FORBIDDEN_URL, message)
         return found
 
 
@@ -211,7 +211,7 @@ def make_session(guard: UrlGuard) -> requests.Session:
 def check_url(url: str) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise JobFailed("invalid_args", f"{url!r} is not an http(s) URL")
+        raise JobFailed(JobErrorCode.INVALID_ARGS, f"{url!r} is not an http(s) URL")
 
 
 @dataclass
@@ -251,12 +251,13 @@ class Fetcher:
         except Exception as exc:  # a stopped scope explains whatever the shut-down socket raised
             stopped = next((scope.stopped for scope in scopes if scope.stopped), None)
             if stopped == "deadline":
-                raise JobFailed("timeout", f"downloading {url} took longer than {self.timeout:g} s") from None
+                message = f"downloading {url} took longer than {self.timeout:g} s"
+                raise JobFailed(JobErrorCode.TIMEOUT, message) from None
             if stopped == "cancelled":
-                raise JobFailed("timeout", "the job was cancelled") from None
+                raise JobFailed(JobErrorCode.TIMEOUT, "the job was cancelled") from None
             if isinstance(exc, JobFailed):
                 raise
-            raise JobFailed("fetch_failed", f"cannot fetch {url}: {_reason(exc)}") from None
+            raise JobFailed(JobErrorCode.FETCH_FAILED, f"cannot fetch {url}: {_reason(exc)}") from None
         finally:
             timer.cancel()
             _active.scopes = ()
@@ -269,13 +270,13 @@ class Fetcher:
         except JobFailed:
             raise
         except requests.exceptions.Timeout:
-            raise JobFailed("timeout", f"no answer from {_host(url)} within {self.timeout:g} s") from None
+            raise JobFailed(JobErrorCode.TIMEOUT, f"no answer from {_host(url)} within {self.timeout:g} s") from None
         except requests.exceptions.TooManyRedirects:
-            raise JobFailed("fetch_failed", f"{url} redirects more than {MAX_REDIRECTS} times") from None
+            raise JobFailed(JobErrorCode.FETCH_FAILED, f"{url} redirects more than {MAX_REDIRECTS} times") from None
         except requests.exceptions.InvalidSchema as exc:
-            raise JobFailed("forbidden_url", f"a redirect from {url} leaves http(s): {exc}") from None
+            raise JobFailed(JobErrorCode.FORBIDDEN_URL, f"a redirect from {url} leaves http(s): {exc}") from None
         except requests.exceptions.RequestException as exc:
-            raise JobFailed("fetch_failed", f"cannot fetch {url}: {_reason(exc)}") from None
+            raise JobFailed(JobErrorCode.FETCH_FAILED, f"cannot fetch {url}: {_reason(exc)}") from None
         with response:
             if into is None:
                 body = b"".join(self._stream(response, url, limit))
@@ -291,18 +292,18 @@ class Fetcher:
     def _stream(self, response: requests.Response, url: str, limit: int) -> Iterator[bytes]:
         declared = response.headers.get("Content-Length", "")
         if response.status_code < 300 and declared.isdigit() and int(declared) > limit:
-            raise JobFailed("too_large", f"{url} is {int(declared)} bytes; the limit is {limit}")
+            raise JobFailed(JobErrorCode.TOO_LARGE, f"{url} is {int(declared)} bytes; the limit is {limit}")
         size = 0
         try:
             for chunk in response.iter_content(CHUNK):
                 size += len(chunk)
                 if size > limit:
-                    raise JobFailed("too_large", f"{url} is larger than the limit of {limit} bytes")
+                    raise JobFailed(JobErrorCode.TOO_LARGE, f"{url} is larger than the limit of {limit} bytes")
                 yield chunk
         except requests.exceptions.RequestException as exc:
             if "timed out" in str(exc).lower():
-                raise JobFailed("timeout", f"{_host(url)} stopped sending for {self.timeout:g} s") from None
-            raise JobFailed("fetch_failed", f"download of {url} broke off: {_reason(exc)}") from None
+                raise JobFailed(JobErrorCode.TIMEOUT, f"{_host(url)} stopped sending for {self.timeout:g} s") from None
+            raise JobFailed(JobErrorCode.FETCH_FAILED, f"download of {url} broke off: {_reason(exc)}") from None
 
 
 def _host(url: str) -> str:

@@ -6,7 +6,7 @@ import re
 import tempfile
 from typing import IO, Any
 
-from actors._base import InvalidArgs, JobFailed, JobKind, PoolSpec, WorkerConfig
+from actors._base import InvalidArgs, JobErrorCode, JobFailed, JobKind, PoolSpec, WorkerConfig
 from actors._fetch import Download, Fetcher, UrlGuard, check_url
 from actors._headers import (
     HeaderError,
@@ -51,9 +51,9 @@ def _looks_like_text(head: bytes) -> bool:
 
 def _result(length: Length, method: str) -> dict[str, Any]:
     if length.frames <= 0:
-        raise JobFailed("not_audio", "the file holds no audio frames")
+        raise JobFailed(JobErrorCode.NOT_AUDIO, "the file holds no audio frames")
     if length.sample_rate <= 0 or length.channels <= 0:
-        raise JobFailed("not_audio", "the file declares no sample rate or no channels")
+        raise JobFailed(JobErrorCode.NOT_AUDIO, "the file declares no sample rate or no channels")
     result: dict[str, Any] = {
         "duration": length.frames / length.sample_rate,
         "frames": length.frames,
@@ -75,7 +75,7 @@ def from_header(data: bytes, total: int) -> dict[str, Any] | None:
     try:
         found = reader(data, total)
     except HeaderError as exc:
-        raise JobFailed("not_audio", str(exc)) from None
+        raise JobFailed(JobErrorCode.NOT_AUDIO, str(exc)) from None
     return None if found is None else _result(found, "header")
 
 
@@ -95,9 +95,9 @@ def measure_file(path: str, head: bytes, size: int) -> dict[str, Any]:
     in memory, decoded or not.
     """
     if not size or (size <= 4096 and not head.strip(b"\x00 \t\r\n")):
-        raise JobFailed("not_audio", "the URL returned an empty body")
+        raise JobFailed(JobErrorCode.NOT_AUDIO, "the URL returned an empty body")
     if _looks_like_text(head[:1024]):
-        raise JobFailed("not_audio", "the URL returned a text/HTML document, not audio")
+        raise JobFailed(JobErrorCode.NOT_AUDIO, "the URL returned a text/HTML document, not audio")
     found = from_header(head, size)
     if found is not None:
         return found
@@ -106,7 +106,7 @@ def measure_file(path: str, head: bytes, size: int) -> dict[str, Any]:
         with open(path, "rb") as stream:
             counted = mpeg_length(stream)
         if counted is None:
-            raise JobFailed("not_audio", "the MP3 file holds no MPEG audio frames")
+            raise JobFailed(JobErrorCode.NOT_AUDIO, "the MP3 file holds no MPEG audio frames")
         return _result(counted, "scan")
     info = _soundfile_info(path)
     if info is not None:
@@ -147,8 +147,9 @@ def _decode(path: str, container: str | None) -> dict[str, Any]:
             rate, channels = audio.samplerate, audio.channels
     except (RuntimeError, soundfile.LibsndfileError, ValueError, EOFError) as exc:
         if container is None:
-            raise JobFailed("unsupported_format", "not an audio format this service reads") from None
-        raise JobFailed("not_audio", f"the {container} file cannot be decoded ({type(exc).__name__})") from None
+            raise JobFailed(JobErrorCode.UNSUPPORTED_FORMAT, "not an audio format this service reads") from None
+        message = f"the {container} file cannot be decoded ({type(exc).__name__})"
+        raise JobFailed(JobErrorCode.NOT_AUDIO, message) from None
     return _result(Length(frames, int(rate), int(channels), container or "UNKNOWN"), "decode")
 
 
@@ -159,7 +160,7 @@ def _total_size(download: Download) -> int | None:
 
 def _check_status(download: Download) -> None:
     if download.status >= 400:
-        raise JobFailed("fetch_failed", f"HTTP {download.status} from {download.url}")
+        raise JobFailed(JobErrorCode.FETCH_FAILED, f"HTTP {download.status} from {download.url}")
 
 
 class AudioLength:
@@ -182,7 +183,8 @@ class AudioLength:
             total = _total_size(first)
             downloaded = first.size
             if total is not None and total > self.fetcher.max_bytes:
-                raise JobFailed("too_large", f"{url} is {total} bytes; the limit is {self.fetcher.max_bytes}")
+                message = f"{url} is {total} bytes; the limit is {self.fetcher.max_bytes}"
+                raise JobFailed(JobErrorCode.TOO_LARGE, message)
             whole = first
             if total is not None and downloaded < total:
                 found = from_header(first.body, total)
@@ -206,7 +208,8 @@ KIND = JobKind(
     description="The exact length of the audio file at an http(s) URL.",
     schema={
         "type": "object",
-        "properties": {"url": {"type": "string", "format": "uri", "pattern": "^https?://", "maxLength": MAX_URL}},
+        "properties": {"url": {"type": "string", "format": "uri", "description": "an http(s) URL",
+                               "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://", "maxLength": MAX_URL}},
         "required": ["url"],
         "additionalProperties": False,
     },

@@ -10,7 +10,7 @@ from typing import Any
 
 from bs4 import BeautifulSoup, Tag
 
-from actors._base import InvalidArgs, JobFailed, JobKind, PoolSpec, WorkerConfig
+from actors._base import InvalidArgs, JobErrorCode, JobFailed, JobKind, PoolSpec, WorkerConfig
 from actors._fetch import Fetcher, UrlGuard
 
 FIRST_DRAW = dt.date(2004, 2, 13)
@@ -169,7 +169,7 @@ def parse_page(html: str | bytes, day: dt.date) -> dict[str, Any]:
     soup = BeautifulSoup(html, "html.parser")
     page_date = _page_date(soup)
     if page_date and page_date != day:
-        raise JobFailed("parse_failed", f"the page is for {page_date.isoformat()}, not {day.isoformat()}")
+        raise JobFailed(JobErrorCode.PARSE_FAILED, f"the page is for {page_date.isoformat()}, not {day.isoformat()}")
     ascending = soup.find(id="ballsAscending")
     drawn = soup.find(id="ballsDrawn")
     order_cell = soup.find(id="jsBallOrderCell")
@@ -195,13 +195,14 @@ def parse_page(html: str | bytes, day: dt.date) -> dict[str, Any]:
             source = groups[0]
         elif groups:
             seen = sorted({d.isoformat() for d in map(_group_date, groups) if d})
-            raise JobFailed("parse_failed", f"the page lists other draws ({', '.join(seen) or 'undated'}), "
+            raise JobFailed(JobErrorCode.PARSE_FAILED, f"the page lists other draws ({', '.join(seen) or 'undated'}), "
                                             f"not {day.isoformat()}")
     if source is None:
-        raise JobFailed("parse_failed", "the page has no results block (no balls or lucky stars found)")
+        raise JobFailed(JobErrorCode.PARSE_FAILED, "the page has no results block (no balls or lucky stars found)")
     labelled = _group_date(source) if isinstance(source, Tag) and source.parent is not None else None
     if labelled and labelled != day:
-        raise JobFailed("parse_failed", f"the page shows the draw of {labelled.isoformat()}, not {day.isoformat()}")
+        message = f"the page shows the draw of {labelled.isoformat()}, not {day.isoformat()}"
+        raise JobFailed(JobErrorCode.PARSE_FAILED, message)
     main, stars = _balls(source)
     numbers = _check(main, stars, day)
     result: dict[str, Any] = {"date": day.isoformat(), "numbers": sorted(numbers[0]), "stars": sorted(numbers[1])}
@@ -214,18 +215,19 @@ def parse_page(html: str | bytes, day: dt.date) -> dict[str, Any]:
 
 def _check(main: list[str], stars: list[str], day: dt.date) -> tuple[list[int], list[int]]:
     if any(text.strip("-\u2013 ") == "" for text in main + stars):
-        raise JobFailed("not_found", f"the result of {human(day)} is not published yet")
+        raise JobFailed(JobErrorCode.NOT_FOUND, f"the result of {human(day)} is not published yet")
     try:
         numbers = [int(text) for text in main]
         lucky = [int(text) for text in stars]
     except ValueError:
-        raise JobFailed("parse_failed", f"the page shows balls that are not numbers: {main + stars}") from None
+        message = f"the page shows balls that are not numbers: {main + stars}"
+        raise JobFailed(JobErrorCode.PARSE_FAILED, message) from None
     top = max_star(day)
     seen = f"numbers {numbers}, stars {lucky}"
     if len(numbers) != 5 or len(set(numbers)) != 5 or not all(1 <= n <= 50 for n in numbers):
-        raise JobFailed("parse_failed", f"expected 5 distinct numbers from 1 to 50, saw {seen}")
+        raise JobFailed(JobErrorCode.PARSE_FAILED, f"expected 5 distinct numbers from 1 to 50, saw {seen}")
     if len(lucky) != 2 or len(set(lucky)) != 2 or not all(1 <= s <= top for s in lucky):
-        raise JobFailed("parse_failed", f"expected 2 distinct lucky stars from 1 to {top}, saw {seen}")
+        raise JobFailed(JobErrorCode.PARSE_FAILED, f"expected 2 distinct lucky stars from 1 to {top}, saw {seen}")
     return numbers, lucky
 
 
@@ -273,11 +275,11 @@ class EuroResults:
         with self._site:
             download = self.fetcher.get(url)
         if download.status == 404:
-            raise JobFailed("not_found", f"euro-millions.com has no result page for {human(day)} (HTTP 404)")
+            raise JobFailed(JobErrorCode.NOT_FOUND, f"euro-millions.com has no result page for {human(day)} (HTTP 404)")
         if download.status >= 400:
-            raise JobFailed("fetch_failed", f"HTTP {download.status} from {url}")
+            raise JobFailed(JobErrorCode.FETCH_FAILED, f"HTTP {download.status} from {url}")
         if not download.body.strip():
-            raise JobFailed("parse_failed", f"{url} returned an empty page")
+            raise JobFailed(JobErrorCode.PARSE_FAILED, f"{url} returned an empty page")
         return parse_page(download.body, day)
 
 
@@ -288,7 +290,7 @@ KIND = JobKind(
     schema={
         "type": "object",
         "properties": {
-            "date": {"type": "string", "description": "draw date, YYYY-MM-DD or DD-MM-YYYY",
+            "date": {"type": "string", "description": "a draw date, YYYY-MM-DD or DD-MM-YYYY",
                      "pattern": r"^(\d{4}-\d{2}-\d{2}|\d{2}-\d{2}-\d{4})$"},
         },
         "required": ["date"],

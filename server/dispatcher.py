@@ -12,11 +12,13 @@ from typing import Any
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, TaskCancelledError
 
-from actors import JobKind
+from actors import JobErrorCode, JobKind
 from actors._actor import KindActor
 from server.config import Settings
-from server.errors import ErrorCode, RequestError
-from server.jobs import Job, JobState, JobTable
+from server.errors import PoolFull
+from server.jobs import Job, JobState
+from server.store import ResultCache
+from server.table import JobTable
 
 log = logging.getLogger("server.dispatcher")
 
@@ -63,9 +65,10 @@ class Running:
 class Dispatcher:
     """Sends jobs to actor pools and finishes them in the job table when their ObjectRefs resolve."""
 
-    def __init__(self, settings: Settings, table: JobTable, kinds: dict[str, JobKind]) -> None:
+    def __init__(self, settings: Settings, table: JobTable, kinds: dict[str, JobKind], cache: ResultCache) -> None:
         self.settings = settings
         self.table = table
+        self.cache = cache
         self.kinds = kinds
         self.pools: dict[str, Pool] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -124,13 +127,13 @@ class Dispatcher:
                 ray.kill(handle, no_restart=True)
         self.pools.clear()
 
-    def check_capacity(self, kind: str, ref: str | None = None) -> None:
-        """Refuse a new job of `kind` with `busy` when too many are already waiting."""
+    def check_capacity(self, kind: str) -> None:
+        """Refuse a new job of `kind` (PoolFull) when too many are already waiting, or no actor serves it."""
         pool = self.pools.get(kind)
         if pool is None:
-            raise RequestError(ErrorCode.BUSY, f"no actors serve {kind} on this server", ref)
+            raise PoolFull(f"no actors serve {kind} on this server")
         if len(pool.pending) >= self.settings.max_pending:
-            raise RequestError(ErrorCode.BUSY, f"{len(pool.pending)} {kind} jobs are waiting; try again later", ref)
+            raise PoolFull(f"{len(pool.pending)} {kind} jobs are waiting; try again later")
 
     def submit(self, job: Job) -> None:
         if self.closing:
@@ -180,7 +183,8 @@ class Dispatcher:
             return
         running = job.running
         seconds = f"{self.settings.job_timeout:g}"
-        if self.table.finish(job, JobState.FAILED, error=_error("timeout", f"the job ran longer than {seconds} s")):
+        error = _error(JobErrorCode.TIMEOUT, f"the job ran longer than {seconds} s")
+        if self.table.finish(job, JobState.FAILED, error=error):
             ray.cancel(running.ref)
 
     def _done(self, pool: Pool, job: Job, actor: int, future: asyncio.Future[Any]) -> None:
@@ -207,21 +211,21 @@ class Dispatcher:
                 pool.pending.appendleft(job)
                 return
             message = f"the worker died {job.attempts} times running this job; giving up"
-            self.table.finish(job, JobState.FAILED, error=_error("worker_lost", message))
+            self.table.finish(job, JobState.FAILED, error=_error(JobErrorCode.WORKER_LOST, message))
             return
         except (TaskCancelledError, asyncio.CancelledError):
             self.table.finish(job, JobState.CANCELLED)
             return
         except Exception:
             log.exception("job %s failed in Ray", job.id)
-            self.table.finish(job, JobState.FAILED, error=_error("internal", "the job failed unexpectedly"))
+            self.table.finish(job, JobState.FAILED, error=_error(JobErrorCode.INTERNAL, "the job failed unexpectedly"))
             return
         if "ok" in outcome:
             if self.table.finish(job, JobState.SUCCEEDED, result=outcome["ok"]) and pool.kind.cacheable:
-                self.table.store.remember(job.kind, job.args, outcome["ok"])
+                self.cache.remember(job.kind, job.args, outcome["ok"])
         else:
             self.table.finish(job, JobState.FAILED, error=outcome["error"])
 
 
-def _error(code: str, message: str) -> dict[str, str]:
-    return {"code": code, "message": message}
+def _error(code: JobErrorCode, message: str) -> dict[str, str]:
+    return {"code": str(code), "message": message}

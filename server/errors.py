@@ -1,8 +1,11 @@
-"""Error and close codes of protocol v1, documented once here and in the README."""
+"""Error and close codes of protocol v1, documented once here and in the README, and the exceptions
+the inner layers raise, turned into wire errors in one place (`refusal`) at the edge."""
 
 from __future__ import annotations
 
-from enum import StrEnum
+from enum import IntEnum, StrEnum
+
+from actors import InvalidArgs
 
 
 class ErrorCode(StrEnum):
@@ -26,38 +29,23 @@ HTTP_STATUS = {  # REST answers to a refused request; any other code is 422
     ErrorCode.BUSY: 503,
     ErrorCode.RATE_LIMITED: 429,
     ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.NOT_FOUND: 404,
 }
 
 
-class JobErrorCode(StrEnum):
-    """Codes in a failed job's `result.error.code`."""
-
-    INVALID_ARGS = "invalid_args"
-    FETCH_FAILED = "fetch_failed"
-    FORBIDDEN_URL = "forbidden_url"
-    TIMEOUT = "timeout"
-    TOO_LARGE = "too_large"
-    NOT_AUDIO = "not_audio"
-    UNSUPPORTED_FORMAT = "unsupported_format"
-    NOT_FOUND = "not_found"
-    PARSE_FAILED = "parse_failed"
-    WORKER_LOST = "worker_lost"
-    INTERNAL = "internal"
-
-
-class CloseCode:
+class CloseCode(IntEnum):
     """WebSocket close codes the server uses (4000-4999 are the application's)."""
 
-    NORMAL = 1000
+    NORMAL = 1000  # `done`: every result pushed
+    GOING_AWAY = 1001  # server shutting down: reconnect elsewhere or later, then `watch`
     FORBIDDEN = 1008  # policy violation: a browser origin that is not allowed (sent as HTTP 403)
     INTERNAL = 1011  # the server could not go on with this connection (a bug); reconnect and `watch`
-    GOING_AWAY = 1001  # server shutting down: reconnect elsewhere or later, then `watch`
-    UNAUTHORIZED = 4001  # no valid token (AMI_TOKENS): connect again with ?token=... or Authorization: Bearer
-    TOO_SLOW = 4008  # the client left more than AMI_MAX_OUTBOX_BYTES unread; reconnect and `watch` to get the results
+    UNAUTHORIZED = 4001  # no valid token: send `auth` first, or connect with Authorization: Bearer
+    TOO_SLOW = 4008  # the client left more than AMI_MAX_OUTBOX_BYTES unread; reconnect and `watch`
 
 
 class RequestError(Exception):
-    """A client frame that cannot be served; answered with an `error` frame."""
+    """A client frame that cannot be served; answered with an `error` frame (or an HTTP error)."""
 
     def __init__(self, code: ErrorCode, message: str, ref: str | None = None, job: str | None = None) -> None:
         super().__init__(message)
@@ -65,3 +53,41 @@ class RequestError(Exception):
         self.message = message
         self.ref = ref
         self.job = job
+
+
+class Refused(Exception):
+    """Admission said no: the inner layers' reasons, each mapped to a wire code in `refusal`."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class UnknownKind(Refused):
+    """No such kind, or not enabled on this server."""
+
+
+class PoolFull(Refused):
+    """Too many jobs of a kind wait for an actor (or no actor serves it here)."""
+
+
+class ConnectionFull(Refused):
+    """The submitting connection holds as many unfinished jobs as it may."""
+
+
+class StoreUnavailable(Refused):
+    """The job store could not save the job."""
+
+
+_CODES: dict[type[Exception], ErrorCode] = {
+    UnknownKind: ErrorCode.UNKNOWN_KIND,
+    InvalidArgs: ErrorCode.INVALID_ARGS,
+    PoolFull: ErrorCode.BUSY,
+    ConnectionFull: ErrorCode.BUSY,
+    StoreUnavailable: ErrorCode.BUSY,
+}
+
+
+def refusal(exc: Refused | InvalidArgs, ref: str | None = None) -> RequestError:
+    """The wire error for an inner layer's refusal: the one place where the two vocabularies meet."""
+    return RequestError(_CODES[type(exc)], exc.message, ref)

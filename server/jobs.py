@@ -1,19 +1,12 @@
-"""Jobs, their states, and who watches them."""
+"""The job model: a job, its states, and what watches it. Nothing here knows the table, store or wire."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import time
 import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Protocol
-
-if TYPE_CHECKING:
-    from server.store import Store
-
-log = logging.getLogger("server.jobs")
+from typing import Any, Protocol
 
 
 class JobState(StrEnum):
@@ -28,7 +21,7 @@ TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 
 
 class Watcher(Protocol):
-    """Something that receives a job's `result` frame: a WebSocket session."""
+    """Something that receives a job's `result` frame: a WebSocket session, or the old API's callback log."""
 
     def push(self, frame: dict[str, Any]) -> None: ...
 
@@ -63,124 +56,3 @@ class Job:
     def visible_state(self) -> JobState:
         """The state clients see: a result is theirs only once it is saved."""
         return JobState.RUNNING if self.finished and not self.published else self.state
-
-    def result_frame(self, ref: str | None = None) -> dict[str, Any]:
-        frame: dict[str, Any] = {"type": "result", "job": self.id, "kind": self.kind, "status": str(self.state)}
-        ref = self.ref if ref is None else ref
-        if ref is not None:
-            frame["ref"] = ref
-        if self.state is JobState.SUCCEEDED:
-            frame["result"] = self.result
-        elif self.error is not None:
-            frame["error"] = self.error
-        if self.finished_at is not None:
-            frame["elapsed_ms"] = round((self.finished_at - self.created_at) * 1000, 3)
-        return frame
-
-    def status_frame(self, ref: str | None = None) -> dict[str, Any]:
-        frame: dict[str, Any] = {"type": "status", "job": self.id, "kind": self.kind, "state": str(self.visible_state)}
-        if ref is not None:
-            frame["ref"] = ref
-        return frame
-
-
-class JobTable:
-    """The jobs this server has in hand: unfinished ones, and remote ones someone here watches.
-
-    A job's terminal result is saved to the store before any watcher sees it; then the job leaves
-    memory, and whoever asks for it later reads it back from the store. Jobs of other servers sharing
-    the store are looked up there and followed until they finish.
-    """
-
-    SAVE_RETRIES = 6  # a result the store could not save is tried again this many times (backing off)
-    STORE_FAILED = "the job store could not save this job's result; it runs again when the server restarts"
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self.jobs: dict[str, Job] = {}
-
-    def add(self, job: Job) -> Job:
-        self.jobs[job.id] = job
-        return job
-
-    def drop(self, job: Job) -> None:
-        self.jobs.pop(job.id, None)
-
-    def get(self, job_id: str) -> Job | None:
-        return self.jobs.get(job_id)
-
-    async def lookup(self, job_id: str) -> Job | None:
-        """A job from memory, or else from the store (finished, of another server, or of before a restart)."""
-        job = self.jobs.get(job_id)
-        if job is not None:
-            return job
-        job = await self.store.get(job_id)
-        if job is None:
-            return None
-        known = self.jobs.get(job_id)  # it may have arrived while the store answered
-        if known is not None:
-            return known
-        job.remote = True
-        if not job.published:
-            self.jobs[job.id] = job  # followed until its owner finishes it
-        return job
-
-    async def remote_finished(self, job_id: str) -> None:
-        """Another server finished a job: push its saved result to the watchers here."""
-        job = self.jobs.get(job_id)
-        if job is None or not job.remote or job.published:
-            return
-        saved = await self.store.get(job_id)
-        if saved is None or not saved.finished or job.published:
-            return
-        job.state, job.result, job.error, job.finished_at = saved.state, saved.result, saved.error, saved.finished_at
-        self._publish(job)
-
-    def start(self, job: Job) -> None:
-        job.state = JobState.RUNNING
-        job.started_at = time.time()
-        self.store.start(job)
-
-    def watch(self, job: Job, watcher: Watcher, ref: str | None = None) -> None:
-        """Send `watcher` the job's result: now if it is finished and saved, else when it is."""
-        if job.published:
-            watcher.push(job.result_frame(ref))
-        else:
-            job.watchers[watcher] = ref
-
-    def finish(self, job: Job, state: JobState, result: Any = None, error: dict[str, str] | None = None) -> bool:
-        """End a job once: save its result, then push it to every watcher. False if it had already ended."""
-        if job.finished:
-            return False
-        job.state = state
-        job.result = result
-        job.error = error
-        job.finished_at = time.time()
-        job.running = None
-        self._save(job, 0)
-        return True
-
-    def _save(self, job: Job, attempt: int) -> None:
-        self.store.finish(job, lambda saved: self._saved(job, saved, attempt))
-
-    def _saved(self, job: Job, saved: bool, attempt: int) -> None:
-        if saved:
-            self._publish(job)
-        elif attempt < self.SAVE_RETRIES:
-            delay = min(0.25 * 2 ** attempt, 5.0)
-            log.warning("the result of job %s was not saved; trying again in %g s", job.id, delay)
-            asyncio.get_running_loop().call_later(delay, self._save, job, attempt + 1)
-        else:
-            # The store still holds the job as unfinished, so a restart runs it again; the watchers are told now.
-            log.error("the result of job %s could not be saved; telling its watchers", job.id)
-            job.state, job.result, job.error = JobState.FAILED, None, {"code": "internal", "message": self.STORE_FAILED}
-            self._publish(job)
-            self.jobs[job.id] = job  # the store would call it unfinished; this server answers for it instead
-
-    def _publish(self, job: Job) -> None:
-        job.published = True
-        watchers, job.watchers = job.watchers, {}
-        self.jobs.pop(job.id, None)
-        for watcher, ref in watchers.items():
-            watcher.forget(job)
-            watcher.push(job.result_frame(ref))

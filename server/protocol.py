@@ -1,4 +1,4 @@
-"""Wire protocol v1: client frames parsed into typed requests, server frames built in one place."""
+"""Wire protocol v1: client frames parsed into typed requests, server frames built in one place (here)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from server.errors import ErrorCode, RequestError
+from server.jobs import Job, JobState
 
 MAX_REF = 128
 MAX_WATCH = 1000
@@ -158,7 +159,7 @@ def _parse_json(text: str) -> Request:
             raise RequestError(ErrorCode.BAD_REQUEST, "submit needs a 'kind' string", ref)
         args = frame.get("args", {})
         if not isinstance(args, dict):
-            raise RequestError(ErrorCode.INVALID_ARGS, "'args' must be a JSON object", ref)
+            raise RequestError(ErrorCode.BAD_REQUEST, "'args' must be a JSON object", ref)
         return Submit(kind, args, ref)
     if op in ("cancel", "status"):
         job = frame.get("job")
@@ -232,3 +233,48 @@ def error_frame(code: str, message: str, ref: str | None = None, job: str | None
     if ref is not None:
         frame["ref"] = ref
     return frame
+
+
+def _with_ref(frame: dict[str, Any], ref: str | None) -> dict[str, Any]:
+    if ref is not None:
+        frame["ref"] = ref
+    return frame
+
+
+def accepted_frame(job: Job, ref: str | None) -> dict[str, Any]:
+    return _with_ref({"type": "accepted", "job": job.id, "kind": job.kind}, ref)
+
+
+def result_frame(job: Job, ref: str | None = None) -> dict[str, Any]:
+    """A finished job's `result`, carrying `ref` (a watch's or cancel's) or else the submission's own."""
+    frame: dict[str, Any] = {"type": "result", "job": job.id, "kind": job.kind, "status": str(job.state)}
+    ref = job.ref if ref is None else ref
+    if ref is not None:
+        frame["ref"] = ref
+    if job.state is JobState.SUCCEEDED:
+        frame["result"] = job.result
+    elif job.error is not None:
+        frame["error"] = job.error
+    if job.finished_at is not None:
+        frame["elapsed_ms"] = round((job.finished_at - job.created_at) * 1000, 3)
+    return frame
+
+
+def status_frame(job: Job, ref: str | None = None) -> dict[str, Any]:
+    return _with_ref({"type": "status", "job": job.id, "kind": job.kind, "state": str(job.visible_state)}, ref)
+
+
+def pong_frame(ref: str | None) -> dict[str, Any]:
+    return _with_ref({"type": "pong"}, ref)
+
+
+def help_frame(ref: str | None) -> dict[str, Any]:
+    return _with_ref({"type": "help", "commands": HELP}, ref)
+
+
+def authorized_frame(ref: str | None) -> dict[str, Any]:
+    return _with_ref({"type": "authorized"}, ref)
+
+
+def kinds_frame(kinds: list[dict[str, Any]], ref: str | None) -> dict[str, Any]:
+    return _with_ref({"type": "kinds", "kinds": kinds}, ref)

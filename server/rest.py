@@ -8,7 +8,7 @@ import datetime as dt
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -16,12 +16,10 @@ from starlette.routing import Route
 
 from actors import InvalidArgs
 from server.access import is_json
-from server.errors import HTTP_STATUS, ErrorCode, RequestError
+from server.errors import HTTP_STATUS, ErrorCode, Refused, RequestError, refusal
 from server.jobs import TERMINAL, Job, JobState
 from server.protocol import load_json
-
-if TYPE_CHECKING:
-    from server.app import Services
+from server.services import Services
 
 log = logging.getLogger("server.rest")
 
@@ -95,19 +93,13 @@ async def _body(request: Request) -> dict[str, Any]:
     return body
 
 
-async def _create(services: Services, kind_name: str, args: Any, callback: bool = False) -> Job:
-    kind = services.kinds.get(kind_name) if isinstance(kind_name, str) else None
-    if kind is None:
-        raise RequestError(ErrorCode.UNKNOWN_KIND, f"unknown kind {kind_name!r}")
+async def _create(services: Services, kind_name: Any, args: Any, callback: bool = False) -> Job:
     if not isinstance(args, dict):
-        raise RequestError(ErrorCode.INVALID_ARGS, "'args' must be a JSON object")
+        raise RequestError(ErrorCode.BAD_REQUEST, "'args' must be a JSON object")
     try:
-        valid = kind.validate(args)
-    except InvalidArgs as exc:
-        raise RequestError(ErrorCode.INVALID_ARGS, exc.message) from None
-    job = await services.submit_async(kind.name, valid)
-    if job is None:
-        raise RequestError(ErrorCode.BUSY, "the job store cannot save jobs right now; try again")
+        job = await services.admit_saved(kind_name, args)
+    except (Refused, InvalidArgs) as exc:
+        raise refusal(exc) from None
     if callback:
         services.table.watch(job, CallbackLogger())
     return job
@@ -132,7 +124,7 @@ def _iso(timestamp: float | None) -> str | None:
 
 
 async def post_job(services: Services, body: dict[str, Any]) -> JSONResponse:
-    job = await _create(services, body.get("kind"), body.get("args", {}))  # type: ignore[arg-type]
+    job = await _create(services, body.get("kind"), body.get("args", {}))
     return JSONResponse({"job": job.id}, status_code=201)
 
 

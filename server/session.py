@@ -5,15 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from actors import InvalidArgs
-from server.errors import CloseCode, ErrorCode, RequestError
+from server.errors import CloseCode, ErrorCode, Refused, RequestError, refusal
 from server.jobs import Job
 from server.protocol import (
-    HELP,
     Auth,
     Cancel,
     Help,
@@ -23,13 +22,16 @@ from server.protocol import (
     Status,
     Submit,
     Watch,
+    accepted_frame,
+    authorized_frame,
     encode,
     error_frame,
+    help_frame,
     parse_request,
+    pong_frame,
+    status_frame,
 )
-
-if TYPE_CHECKING:
-    from server.app import Services
+from server.services import Services
 
 log = logging.getLogger("server.session")
 
@@ -37,7 +39,7 @@ ROOM_WAIT = 5.0  # seconds a `watch` waits for the client to read once half the 
 TOO_SLOW = "too many unread bytes; reconnect and watch your jobs"
 NEEDS_TOKEN = ("this server needs a token: send {\"op\":\"auth\",\"token\":\"...\"} (or 'auth TOKEN') first, or "
                "connect with an Authorization: Bearer header")
-CLOSE_REASONS = {CloseCode.UNAUTHORIZED: "a valid token is required", CloseCode.TOO_SLOW: TOO_SLOW}
+CLOSE_REASONS: dict[int, str] = {CloseCode.UNAUTHORIZED: "a valid token is required", CloseCode.TOO_SLOW: TOO_SLOW}
 
 
 class Session:
@@ -163,6 +165,11 @@ class Session:
     def forget(self, job: Job) -> None:
         self.watching.discard(job)
 
+    @property
+    def unfinished(self) -> int:
+        """Jobs this connection submitted or watches that have not ended (its limit counts them)."""
+        return len(self.watching)
+
     async def receive_text(self, text: str) -> None:
         limit = self.services.settings.max_frame_bytes
         if len(text) > limit or (len(text) * 4 > limit and len(text.encode()) > limit):  # UTF-8: <= 4 bytes a char
@@ -171,68 +178,58 @@ class Session:
         try:
             request = parse_request(text)
             if not self.authorized and not isinstance(request, Auth | Ping | Help):
-                raise RequestError(ErrorCode.UNAUTHORIZED, NEEDS_TOKEN, getattr(request, "ref", None))
-            if isinstance(request, Submit):
-                self.submit(request)  # no await: a socket's submissions are saved in batches
-            else:
-                await self.handle(request)
+                raise RequestError(ErrorCode.UNAUTHORIZED, NEEDS_TOKEN, request.ref)
+            await self.handle(request)
         except RequestError as exc:
             self.push(error_frame(exc.code, exc.message, exc.ref, exc.job))
 
     async def handle(self, request: Request) -> None:
         services = self.services
-        if isinstance(request, Watch):
-            for job_id in request.jobs:
-                await self._make_room()
-                if self.closed:
-                    return
-                try:
-                    self._watch(await self._job(job_id, request.ref), request.ref)
-                except RequestError as exc:
-                    self.push(error_frame(exc.code, exc.message, exc.ref, exc.job))
-        elif isinstance(request, Status):
-            self.push((await self._job(request.job, request.ref)).status_frame(request.ref))
-        elif isinstance(request, Cancel):
-            job = await self._job(request.job, request.ref)
-            self._watch(job, request.ref)  # the cancelled (or earlier) result goes to the canceller too
-            services.cancel(job)
-        elif isinstance(request, Kinds):
-            self.push(services.kinds_frame(request.ref))
-        elif isinstance(request, Ping):
-            self.push(_with_ref({"type": "pong"}, request.ref))
-        elif isinstance(request, Help):
-            self.push(_with_ref({"type": "help", "commands": HELP}, request.ref))
-        elif isinstance(request, Auth):
-            if services.access.token_valid(request.token):
-                self.authorized = True
-                self.push(_with_ref({"type": "authorized"}, request.ref))
-            else:
-                self.authorized = False
-                self._refuse(request.ref)
+        match request:
+            case Submit(kind, args, ref):
+                self.submit(kind, args, ref)  # no await: a socket's submissions are saved in batches
+            case Watch(jobs, ref):
+                for job_id in jobs:
+                    await self._make_room()
+                    if self.closed:
+                        return
+                    try:
+                        self._watch(await self._job(job_id, ref), ref)
+                    except RequestError as exc:
+                        self.push(error_frame(exc.code, exc.message, exc.ref, exc.job))
+            case Status(job_id, ref):
+                self.push(status_frame(await self._job(job_id, ref), ref))
+            case Cancel(job_id, ref):
+                job = await self._job(job_id, ref)
+                self._watch(job, ref)  # the cancelled (or earlier) result goes to the canceller too
+                services.cancel(job)
+            case Kinds(ref):
+                self.push(services.kinds_frame(ref))
+            case Ping(ref):
+                self.push(pong_frame(ref))
+            case Help(ref):
+                self.push(help_frame(ref))
+            case Auth(token, ref):
+                self.authorized = services.access.token_valid(token)
+                if self.authorized:
+                    self.push(authorized_frame(ref))
+                else:
+                    self._refuse(ref)
 
-    def submit(self, request: Submit) -> None:
-        services = self.services
-        ref = request.ref
-        kind = services.kinds.get(request.kind)
-        if kind is None:
-            names = ", ".join(sorted(services.kinds))
-            raise RequestError(ErrorCode.UNKNOWN_KIND, f"unknown kind {request.kind!r}; kinds are {names}", ref)
+    def submit(self, kind: str, args: dict[str, Any], ref: str | None) -> None:
         try:
-            args = kind.validate(request.args)
-        except InvalidArgs as exc:
-            raise RequestError(ErrorCode.INVALID_ARGS, exc.message, ref) from None
-        if len(self.watching) >= services.settings.max_jobs_per_connection:
-            raise RequestError(ErrorCode.BUSY, f"this connection has {len(self.watching)} unfinished jobs; "
-                                               "wait for some results", ref)
+            job, saved = self.services.admit(kind, args, ref, origin=self)
+        except (Refused, InvalidArgs) as exc:
+            raise refusal(exc, ref) from None
 
-        def accepted(job: Job | None) -> None:
-            if job is None:
+        def answer(done: asyncio.Future[bool]) -> None:
+            if not done.result():
                 self.push(error_frame(ErrorCode.BUSY, "the job store cannot save jobs right now; try again", ref))
                 return
-            self.push(_with_ref({"type": "accepted", "job": job.id, "kind": job.kind}, ref))
+            self.push(accepted_frame(job, ref))
             self._watch(job, ref)
 
-        services.submit(kind.name, args, ref, accepted)
+        saved.add_done_callback(answer)
 
     def _watch(self, job: Job, ref: str | None) -> None:
         if self.closed:
@@ -246,9 +243,3 @@ class Session:
         if job is None:
             raise RequestError(ErrorCode.NOT_FOUND, f"no job {job_id!r}", ref, job_id)
         return job
-
-
-def _with_ref(frame: dict[str, Any], ref: str | None) -> dict[str, Any]:
-    if ref is not None:
-        frame["ref"] = ref
-    return frame

@@ -1,9 +1,10 @@
 """The job store: every job written before it is accepted, every result before it is pushed.
 
-Three backends behind one small interface: `memory` (nothing survives a restart; benchmarks),
-`sqlite` (the embedded default, one file under the data dir), and `redis://` (shared by several
-servers, with pub/sub telling each server when another finished a job). Writes never block the
-event loop: they queue for a writer that commits them in batches and then calls back in the loop.
+Three backends behind one small interface (`JobStore`, `ResultCache`, `ClusterEvents`): `memory` (nothing
+survives a restart; benchmarks), `sqlite` (the embedded default, one file under the data dir), and `redis://`
+(shared by several servers, with pub/sub telling each server when another finished a job). Writes never
+block the event loop: they queue for a writer that commits them in order, in batches, and resolves each
+write's future in the loop (True once durable, False if it could not be saved).
 """
 
 from __future__ import annotations
@@ -20,14 +21,52 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from server.jobs import Job, JobState
 
 log = logging.getLogger("server.store")
 
-Done = Callable[[bool], None]  # called in the event loop once a write is durable (False: it failed)
+Saved = asyncio.Future[bool]  # resolves in the event loop once a write is durable (False: it failed)
 MAX_BATCH = 2000
+
+
+class JobStore(Protocol):
+    """Jobs and their results, written in order; what a restart or another server reads back."""
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def health(self) -> str | None: ...
+
+    def put(self, job: Job) -> Saved: ...
+
+    def finish(self, job: Job) -> Saved: ...
+
+    def start(self, job: Job) -> None: ...
+
+    async def get(self, job_id: str) -> Job | None: ...
+
+    async def unfinished(self, owner: str) -> list[Job]: ...
+
+    async def purge(self, before: float) -> int: ...
+
+
+class ResultCache(Protocol):
+    """Results of cacheable kinds, reused for the same args."""
+
+    async def cached(self, kind: str, args: dict[str, Any]) -> Any: ...
+
+    def remember(self, kind: str, args: dict[str, Any], result: Any) -> None: ...
+
+
+class ClusterEvents(Protocol):
+    """What servers sharing a store tell each other."""
+
+    def listen(self, on_finished: Callable[[str], None], on_cancel: Callable[[str], None]) -> None: ...
+
+    def request_cancel(self, job_id: str) -> None: ...
 
 
 def to_record(job: Job) -> dict[str, Any]:
@@ -74,14 +113,19 @@ class Store:
         """Why the store cannot take writes now, or None when it can."""
         return self.failure
 
-    def put(self, job: Job, done: Done) -> None:
-        done(True)
+    def _done(self, ok: bool = True) -> Saved:
+        future = self.loop.create_future()
+        future.set_result(ok)
+        return future
 
-    def finish(self, job: Job, done: Done) -> None:
+    def put(self, job: Job) -> Saved:
+        return self._done()
+
+    def finish(self, job: Job) -> Saved:
         self._finished[job.id] = to_record(job)
         while len(self._finished) > self.max_finished:
             self._finished.popitem(last=False)
-        done(True)
+        return self._done()
 
     def start(self, job: Job) -> None:
         """Note that a job is running, for other servers' `status` (shared stores; best effort)."""
@@ -137,7 +181,7 @@ class SqliteStore(Store):
     def __init__(self, path: Path) -> None:
         super().__init__()
         self.path = path
-        self._writes: queue.SimpleQueue[tuple[str, tuple[Any, ...], Done] | None] = queue.SimpleQueue()
+        self._writes: queue.SimpleQueue[tuple[str, tuple[Any, ...], Saved | None] | None] = queue.SimpleQueue()
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="store-read")
 
     def _connect(self) -> sqlite3.Connection:
@@ -163,17 +207,21 @@ class SqliteStore(Store):
         await self.loop.run_in_executor(self._reader, self._read.close)
         self._reader.shutdown()
 
-    def put(self, job: Job, done: Done) -> None:
-        self._writes.put((self.INSERT, (
-            job.id, job.kind, json.dumps(job.args), job.ref, job.owner, str(job.state), job.created_at,
-            job.finished_at, _dump(job.result), _dump(job.error), job.restarts), done))
+    def _write(self, sql: str, params: tuple[Any, ...]) -> Saved:
+        saved = self.loop.create_future()
+        self._writes.put((sql, params, saved))
+        return saved
 
-    def finish(self, job: Job, done: Done) -> None:
-        self._writes.put((self.FINISH, (str(job.state), job.finished_at, _dump(job.result), _dump(job.error),
-                                        job.id), done))
+    def put(self, job: Job) -> Saved:
+        return self._write(self.INSERT, (
+            job.id, job.kind, json.dumps(job.args), job.ref, job.owner, str(job.state), job.created_at,
+            job.finished_at, _dump(job.result), _dump(job.error), job.restarts))
+
+    def finish(self, job: Job) -> Saved:
+        return self._write(self.FINISH, (str(job.state), job.finished_at, _dump(job.result), _dump(job.error), job.id))
 
     def remember(self, kind: str, args: dict[str, Any], result: Any) -> None:
-        self._writes.put((self.REMEMBER, (kind, cache_key(args), json.dumps(result)), _ignore))
+        self._writes.put((self.REMEMBER, (kind, cache_key(args), json.dumps(result)), None))
 
     async def cached(self, kind: str, args: dict[str, Any]) -> Any:
         rows = await self._query("SELECT result FROM results WHERE kind = ? AND key = ?", (kind, cache_key(args)))
@@ -213,10 +261,11 @@ class SqliteStore(Store):
                 connection = None
             else:
                 self.failure = None if all(outcomes) else self.failure
-            self._call_back([(done, ok) for (_, _, done), ok in zip(batch, outcomes, strict=True)])
+            self._resolve([(saved, ok) for (_, _, saved), ok in zip(batch, outcomes, strict=True)])
         _close_quietly(connection)
 
-    def _commit(self, connection: sqlite3.Connection, batch: list[tuple[str, tuple[Any, ...], Done]]) -> list[bool]:
+    def _commit(self, connection: sqlite3.Connection, batch: list[tuple[str, tuple[Any, ...], Saved | None]]
+                ) -> list[bool]:
         """Commit the batch in one transaction; if that fails, each write alone, so only the bad ones fail."""
         try:
             connection.execute("BEGIN")
@@ -236,9 +285,9 @@ class SqliteStore(Store):
     def _apply(self, connection: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> None:
         connection.execute(sql, params)
 
-    def _call_back(self, outcomes: list[tuple[Done, bool]]) -> None:
+    def _resolve(self, outcomes: list[tuple[Saved | None, bool]]) -> None:
         with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is left to tell
-            self.loop.call_soon_threadsafe(_call_each, outcomes)
+            self.loop.call_soon_threadsafe(_resolve_all, outcomes)
 
     async def _query(self, sql: str, params: tuple[Any, ...]) -> list[sqlite3.Row]:
         def run() -> list[sqlite3.Row]:
@@ -275,10 +324,6 @@ def _row_job(row: sqlite3.Row) -> Job:
     return from_record(record)
 
 
-def _ignore(ok: bool) -> None:
-    pass
-
-
 def _close_quietly(connection: sqlite3.Connection | None) -> None:
     if connection is not None:
         try:
@@ -287,12 +332,10 @@ def _close_quietly(connection: sqlite3.Connection | None) -> None:
             log.exception("closing the job store's connection failed")
 
 
-def _call_each(outcomes: list[tuple[Done, bool]]) -> None:
-    for done, ok in outcomes:
-        try:
-            done(ok)
-        except Exception:
-            log.exception("a job store callback failed")
+def _resolve_all(outcomes: list[tuple[Saved | None, bool]]) -> None:
+    for saved, ok in outcomes:
+        if saved is not None and not saved.done():
+            saved.set_result(ok)
 
 
 class RedisStore(Store):
@@ -305,7 +348,7 @@ class RedisStore(Store):
         super().__init__()
         self.url = url
         self.ttl = int(ttl)
-        self._pending: list[tuple[Callable[[Any], None], Done]] = []
+        self._pending: list[tuple[Callable[[Any], None], Saved | None]] = []
         self._flushing: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
 
@@ -330,16 +373,16 @@ class RedisStore(Store):
     def _key(job_id: str) -> str:
         return f"ami:job:{job_id}"
 
-    def put(self, job: Job, done: Done) -> None:
+    def put(self, job: Job) -> Saved:
         record = json.dumps(to_record(job))
 
         def write(pipe: Any) -> None:
             pipe.set(self._key(job.id), record)
             pipe.sadd(f"ami:unfinished:{job.owner}", job.id)
 
-        self._enqueue(write, done)
+        return self._enqueue(write)
 
-    def finish(self, job: Job, done: Done) -> None:
+    def finish(self, job: Job) -> Saved:
         record = json.dumps(to_record(job))
 
         def write(pipe: Any) -> None:
@@ -347,7 +390,7 @@ class RedisStore(Store):
             pipe.srem(f"ami:unfinished:{job.owner}", job.id)
             pipe.publish(self.FINISHED, job.id)
 
-        self._enqueue(write, done)
+        return self._enqueue(write)
 
     def start(self, job: Job) -> None:
         record = json.dumps(to_record(job))
@@ -355,7 +398,7 @@ class RedisStore(Store):
         def write(pipe: Any) -> None:
             pipe.set(self._key(job.id), record, xx=True)  # never resurrects a purged or finished record
 
-        self._enqueue(write, _ignore)
+        self._enqueue(write, wanted=False)
 
     def remember(self, kind: str, args: dict[str, Any], result: Any) -> None:
         key, value = f"ami:result:{kind}:{cache_key(args)}", json.dumps(result)
@@ -363,16 +406,18 @@ class RedisStore(Store):
         def write(pipe: Any) -> None:
             pipe.set(key, value)
 
-        self._enqueue(write, _ignore)
+        self._enqueue(write, wanted=False)
 
     async def cached(self, kind: str, args: dict[str, Any]) -> Any:
         raw = await self.client.get(f"ami:result:{kind}:{cache_key(args)}")
         return json.loads(raw) if raw else None
 
-    def _enqueue(self, write: Callable[[Any], None], done: Done) -> None:
-        self._pending.append((write, done))
+    def _enqueue(self, write: Callable[[Any], None], wanted: bool = True) -> Saved:
+        saved = self.loop.create_future()
+        self._pending.append((write, saved if wanted else None))
         if self._flushing is None:
             self._flushing = self.loop.create_task(self._flush())
+        return saved
 
     async def _flush(self) -> None:
         try:
@@ -390,7 +435,7 @@ class RedisStore(Store):
                     ok = False
                 else:
                     self.failure = None
-                _call_each([(done, ok) for _, done in batch])
+                _resolve_all([(saved, ok) for _, saved in batch])
         finally:
             self._flushing = None
 

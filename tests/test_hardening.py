@@ -206,7 +206,7 @@ def test_the_memory_store_keeps_a_bounded_number_of_results() -> None:
         jobs = [Job("echo", {"n": n}) for n in range(5)]
         for job in jobs:
             job.state, job.result = JobState.SUCCEEDED, {"n": job.args["n"]}
-            store.finish(job, lambda ok: None)
+            assert await store.finish(job)
         assert [await store.get(job.id) is None for job in jobs] == [True, True, False, False, False]
         again = await store.get(jobs[4].id)
         assert again is not None and again.result == {"n": 4} and again.published
@@ -290,15 +290,9 @@ def test_one_bad_record_fails_only_its_own_write(tmp_path: Path) -> None:
         store = SqliteStore(tmp_path / "jobs.sqlite3")
         await store.open()
         try:
-            outcomes: list[asyncio.Future[bool]] = []
-            for ref in ("fine", "\ud800", "also fine"):  # UTF-8 cannot encode the middle one
-                future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-                store.put(Job("echo", {}, ref), future.set_result)
-                outcomes.append(future)
+            outcomes = [store.put(Job("echo", {}, ref)) for ref in ("fine", "\ud800", "also fine")]  # not UTF-8
             results = list(await asyncio.gather(*outcomes))
-            after: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-            store.put(Job("echo", {}, "later"), after.set_result)
-            results.append(await after)
+            results.append(await store.put(Job("echo", {}, "later")))
             assert store.health() is None and store._thread.is_alive()
             return results
         finally:

@@ -46,7 +46,7 @@ def test_parses_every_op_in_json_and_plain_text(text: str, expected: object) -> 
         ('{"op":"ping","ref":"' + "x" * 129 + '"}', ErrorCode.BAD_REQUEST, None),
         ('{"op":"fly","ref":"r"}', ErrorCode.UNKNOWN_OP, "r"),
         ('{"op":"submit","args":{},"ref":"r"}', ErrorCode.BAD_REQUEST, "r"),
-        ('{"op":"submit","kind":"echo","args":[1],"ref":"r"}', ErrorCode.INVALID_ARGS, "r"),
+        ('{"op":"submit","kind":"echo","args":[1],"ref":"r"}', ErrorCode.BAD_REQUEST, "r"),  # a field's type
         ('{"op":"cancel","ref":"r"}', ErrorCode.BAD_REQUEST, "r"),
         ('{"op":"status","job":7}', ErrorCode.BAD_REQUEST, None),
         ('{"op":"watch","jobs":"j1"}', ErrorCode.BAD_REQUEST, None),

@@ -53,9 +53,7 @@ async def _seed(path: Path, jobs: list[Job]) -> None:
     store = SqliteStore(path)
     await store.open()
     for job in jobs:
-        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        store.put(job, done.set_result)
-        await done
+        assert await store.put(job)
     await store.close()
 
 

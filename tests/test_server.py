@@ -97,7 +97,7 @@ BAD_FRAMES = [
     ('{"op":"submit","kind":"audio.length","args":{"url":42},"ref":"w"}', "invalid_args", "w"),
     ('{"op":"submit","kind":"audio.length","args":{"url":"file:///etc/passwd"},"ref":"f"}', "invalid_args", "f"),
     ('{"op":"submit","kind":"euro.results","args":{"date":"2024-01-03"},"ref":"d"}', "invalid_args", "d"),
-    ('{"op":"submit","kind":"echo","args":"x","ref":"a"}', "invalid_args", "a"),
+    ('{"op":"submit","kind":"echo","args":"x","ref":"a"}', "bad_request", "a"),
     ('{"op":"ping","ref":17}', "bad_request", None),
     ('{"op":"status","job":"nope","ref":"s"}', "not_found", "s"),
     ('{"op":"cancel","job":"nope","ref":"c"}', "not_found", "c"),

@@ -13,8 +13,10 @@ from typing import Any
 import pytest
 import redis
 
-from server.jobs import Job, JobState, JobTable
+from server.jobs import Job, JobState
+from server.protocol import result_frame
 from server.store import RedisStore, SqliteStore, Store
+from server.table import JobTable
 from tests.helpers import run
 
 Opener = Callable[[], Store]
@@ -39,10 +41,8 @@ async def opened(make: Opener) -> AsyncIterator[Store]:
         await store.close()
 
 
-async def saved(write: Callable[[Job, Callable[[bool], None]], None], job: Job) -> bool:
-    future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-    write(job, future.set_result)
-    return await future
+async def saved(write: Callable[[Job], asyncio.Future[bool]], job: Job) -> bool:
+    return await write(job)
 
 
 def test_jobs_survive_reopening_with_their_results(make_store: Opener) -> None:
@@ -59,7 +59,7 @@ def test_jobs_survive_reopening_with_their_results(make_store: Opener) -> None:
             assert again is not None and again.published
             assert (again.kind, again.args, again.ref, again.state, again.result) == (
                 "echo", {"x": [1, "two"]}, "r1", JobState.SUCCEEDED, {"x": [1, "two"]})
-            assert again.result_frame()["status"] == "succeeded"
+            assert result_frame(again)["status"] == "succeeded"
             assert [job.id for job in await store.unfinished("a")] == [waiting.id]
             assert [job.id for job in await store.unfinished("b")] == [other.id]
             assert await store.get("never-issued") is None
@@ -90,9 +90,9 @@ def test_thousands_of_writes_are_batched_and_all_called_back_in_order(make_store
             all_done = asyncio.Event()
             count = 3000
 
-            def callback(index: int) -> Callable[[bool], None]:
-                def done(ok: bool) -> None:
-                    assert ok
+            def callback(index: int) -> Callable[[asyncio.Future[bool]], None]:
+                def done(saved: asyncio.Future[bool]) -> None:
+                    assert saved.result()
                     order.append(index)
                     if len(order) == count:
                         all_done.set()
@@ -101,7 +101,7 @@ def test_thousands_of_writes_are_batched_and_all_called_back_in_order(make_store
 
             jobs = [Job("echo", {"n": n}, None, owner="bulk") for n in range(count)]
             for index, job in enumerate(jobs):
-                store.put(job, callback(index))
+                store.put(job).add_done_callback(callback(index))
             await asyncio.wait_for(all_done.wait(), 30)
             assert order == list(range(count))
             assert len(await store.unfinished("bulk")) == count
@@ -135,7 +135,7 @@ def test_table_pushes_a_result_only_after_it_is_saved(make_store: Opener) -> Non
             await asyncio.wait_for(watcher.arrived.wait(), 10)
             saved_job = await store.get(job.id)
             assert saved_job is not None and saved_job.state is JobState.SUCCEEDED
-            assert watcher.frames == [job.result_frame()]
+            assert watcher.frames == [result_frame(job)]
 
     run(scenario())
 

@@ -1,0 +1,207 @@
+"""Admission and the services every handler shares: the one place where a submission, from the socket or
+REST, becomes a job (kind, schema, meaning, limits, save, start), and where the table, store and
+dispatcher meet. No Starlette here: handlers turn its exceptions into wire errors at the edge."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+from actors import JobErrorCode, JobKind, all_kinds
+from server.access import Access
+from server.config import Settings
+from server.errors import ConnectionFull, StoreUnavailable, UnknownKind
+from server.jobs import Job, JobState, Watcher
+from server.protocol import kinds_frame
+from server.raysetup import RayInfo, ray_session, record_processes
+from server.store import ResultCache, Saved, Store, open_store, purge_forever
+from server.table import JobTable
+
+log = logging.getLogger("server.services")
+
+MAX_RESTARTS = 3  # server restarts a job may live through before it fails instead of running again
+
+
+class Dispatching(Protocol):
+    """What admission needs of the pools (the Ray dispatcher, or a fake in the unit tier)."""
+
+    pools: dict[str, Any]
+
+    def start(self) -> None: ...
+
+    async def ready(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def check_capacity(self, kind: str) -> None: ...
+
+    def submit(self, job: Job) -> None: ...
+
+    def cancel(self, job: Job) -> bool: ...
+
+
+class Origin(Watcher, Protocol):
+    """Who submits: a connection, which may hold only so many unfinished jobs."""
+
+    @property
+    def unfinished(self) -> int: ...
+
+
+DispatcherFactory = Callable[[Settings, JobTable, dict[str, JobKind], ResultCache], Dispatching]
+
+
+class Services:
+    """What every request handler shares: settings, kinds, the job store and table, the dispatcher."""
+
+    def __init__(self, settings: Settings, ray_info: RayInfo, store: Store, make_dispatcher: DispatcherFactory
+                 ) -> None:
+        self.settings = settings
+        self.access = Access(settings)
+        self.ray = ray_info
+        self.store = store
+        self.owner = settings.identity
+        self.kinds: dict[str, JobKind] = {
+            name: kind for name, kind in all_kinds().items() if not kind.optional or settings.enable_echo
+        }
+        self.table = JobTable(store)
+        self.dispatcher = make_dispatcher(settings, self.table, self.kinds, store)
+        self._background: set[asyncio.Task[Any]] = set()
+        self.sessions: set[Any] = set()  # the open sockets' sessions
+        self._kinds = [
+            {"kind": kind.name, "description": kind.description, "schema": kind.schema, "example": kind.example}
+            for kind in self.kinds.values()
+        ]
+        self._kinds_frame = kinds_frame(self._kinds, None)
+
+    def kinds_frame(self, ref: str | None) -> dict[str, Any]:
+        return kinds_frame(self._kinds, ref) if ref is not None else self._kinds_frame
+
+    def admit(self, kind_name: Any, args: Any, ref: str | None = None, origin: Origin | None = None
+              ) -> tuple[Job, Saved]:
+        """Make a job of a submission, or refuse it: the only way in, for the socket and REST alike.
+
+        Checks the kind, the args (its schema, then its meaning), the submitter's and the pool's limits,
+        then saves the job and starts it at once: the save and the run overlap, so a store round trip is
+        not added to every job. Writes are applied in order, so its result is saved (and pushed) only
+        after the returned future says the job itself was saved. Raises UnknownKind, InvalidArgs,
+        ConnectionFull or PoolFull; the future resolves False (the job then withdrawn) if the save failed.
+        """
+        kind = self.kinds.get(kind_name) if isinstance(kind_name, str) else None
+        if kind is None:
+            raise UnknownKind(f"unknown kind {kind_name!r}; kinds are {', '.join(sorted(self.kinds))}")
+        args = kind.check(args)
+        if origin is not None and origin.unfinished >= self.settings.max_jobs_per_connection:
+            raise ConnectionFull(f"this connection has {origin.unfinished} unfinished jobs; wait for some results")
+        self.dispatcher.check_capacity(kind.name)
+        job = self.table.add(Job(kind.name, args, ref, owner=self.owner))
+        saved = self.store.put(job)
+        saved.add_done_callback(lambda done: None if done.result() else self._withdraw(job))
+        self.run(job)
+        return job, saved
+
+    def _withdraw(self, job: Job) -> None:
+        self.dispatcher.cancel(job)
+        self.table.drop(job)
+
+    async def admit_saved(self, kind_name: Any, args: Any) -> Job:
+        """`admit`, once the job is saved (REST answers only then); StoreUnavailable if it could not be."""
+        job, saved = self.admit(kind_name, args)
+        if not await saved:
+            raise StoreUnavailable("the job store cannot save jobs right now; try again")
+        return job
+
+    def cancel(self, job: Job) -> None:
+        if job.remote:
+            self.store.request_cancel(job.id)
+        else:
+            self.dispatcher.cancel(job)
+
+    def cancel_requested(self, job_id: str) -> None:
+        """Another server asks to cancel a job; it is ours to cancel if we run it."""
+        job = self.table.get(job_id)
+        if job is not None and not job.remote:
+            self.dispatcher.cancel(job)
+
+    def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def run(self, job: Job) -> None:
+        """Send a job to its pool, or finish it at once with the saved result of a cacheable kind."""
+        if self.kinds[job.kind].cacheable:
+            self.spawn(self._reuse_or_run(job))
+        else:
+            self.dispatcher.submit(job)
+
+    async def _reuse_or_run(self, job: Job) -> None:
+        try:
+            result = await self.store.cached(job.kind, job.args)
+        except Exception:
+            log.exception("the result cache could not be read; running job %s", job.id)
+            result = None
+        if job.finished:  # cancelled meanwhile
+            return
+        if result is None:
+            self.dispatcher.submit(job)
+        else:
+            self.table.finish(job, JobState.SUCCEEDED, result=result)
+
+    async def recover(self) -> int:
+        """Run again the jobs this server had accepted but not finished when it last stopped."""
+        jobs = await self.store.unfinished(self.owner)
+        for job in jobs:
+            job.restarts += 1
+            job.state = JobState.QUEUED
+            self.table.add(job)
+            if job.restarts > MAX_RESTARTS:
+                message = f"the server stopped {job.restarts - 1} times while this job ran; giving up"
+                error = {"code": str(JobErrorCode.WORKER_LOST), "message": message}
+                self.table.finish(job, JobState.FAILED, error=error)
+            else:
+                self.store.put(job).add_done_callback(lambda _, job=job: self.run(job))  # type: ignore[misc]
+        if jobs:
+            log.info("resubmitted %d jobs left unfinished by the last run", len(jobs))
+        return len(jobs)
+
+
+@asynccontextmanager
+async def services_context(settings: Settings, store: Store | None = None,
+                           make_dispatcher: DispatcherFactory | None = None) -> AsyncIterator[Services]:
+    """Everything the app shares, started in order and stopped in reverse.
+
+    `store` replaces the configured store; `make_dispatcher` replaces Ray's pools (then no Ray is started).
+    """
+    async with AsyncExitStack() as stack:
+        if make_dispatcher is None:
+            from server.dispatcher import Dispatcher
+
+            ray_info = stack.enter_context(ray_session(settings))
+            make_dispatcher = Dispatcher
+        else:
+            ray_info = RayInfo(False, settings.dashboard_url, "none")
+        if store is None:
+            store = open_store(settings.store, settings.data_dir, settings.result_ttl, settings.max_finished_jobs)
+        await store.open()
+        stack.push_async_callback(store.close)
+        services = Services(settings, ray_info, store, make_dispatcher)
+        services.dispatcher.start()
+        stack.push_async_callback(services.dispatcher.close)
+        store.listen(lambda job_id: services.spawn(services.table.remote_finished(job_id)),
+                     services.cancel_requested)
+        await services.recover()
+        services.spawn(purge_forever(store, settings.result_ttl))
+        if ray_info.processes_file is not None:
+            services.spawn(_record_once_ready(services, ray_info.processes_file))
+        stack.callback(lambda: [task.cancel() for task in services._background])
+        yield services
+
+
+async def _record_once_ready(services: Services, path: Path) -> None:
+    """Ray starts more processes (workers, agents) as the pools come up: record them too."""
+    await services.dispatcher.ready()
+    await asyncio.to_thread(record_processes, path)

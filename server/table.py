@@ -1,0 +1,116 @@
+"""The job table: the jobs this server has in hand, and the one path by which a result reaches its watchers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from server.jobs import Job, JobState, Watcher
+from server.protocol import result_frame
+from server.store import JobStore
+
+log = logging.getLogger("server.table")
+
+
+class JobTable:
+    """The jobs this server has in hand: unfinished ones, and remote ones someone here watches.
+
+    A job's terminal result is saved to the store before any watcher sees it; then the job leaves
+    memory, and whoever asks for it later reads it back from the store. Jobs of other servers sharing
+    the store are looked up there and followed until they finish.
+    """
+
+    SAVE_RETRIES = 6  # a result the store could not save is tried again this many times (backing off)
+    STORE_FAILED = "the job store could not save this job's result; it runs again when the server restarts"
+
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
+        self.jobs: dict[str, Job] = {}
+
+    def add(self, job: Job) -> Job:
+        self.jobs[job.id] = job
+        return job
+
+    def drop(self, job: Job) -> None:
+        self.jobs.pop(job.id, None)
+
+    def get(self, job_id: str) -> Job | None:
+        return self.jobs.get(job_id)
+
+    async def lookup(self, job_id: str) -> Job | None:
+        """A job from memory, or else from the store (finished, of another server, or of before a restart)."""
+        job = self.jobs.get(job_id)
+        if job is not None:
+            return job
+        job = await self.store.get(job_id)
+        if job is None:
+            return None
+        known = self.jobs.get(job_id)  # it may have arrived while the store answered
+        if known is not None:
+            return known
+        job.remote = True
+        if not job.published:
+            self.jobs[job.id] = job  # followed until its owner finishes it
+        return job
+
+    async def remote_finished(self, job_id: str) -> None:
+        """Another server finished a job: push its saved result to the watchers here."""
+        job = self.jobs.get(job_id)
+        if job is None or not job.remote or job.published:
+            return
+        saved = await self.store.get(job_id)
+        if saved is None or not saved.finished or job.published:
+            return
+        job.state, job.result, job.error, job.finished_at = saved.state, saved.result, saved.error, saved.finished_at
+        self._publish(job)
+
+    def start(self, job: Job) -> None:
+        job.state = JobState.RUNNING
+        job.started_at = time.time()
+        self.store.start(job)
+
+    def watch(self, job: Job, watcher: Watcher, ref: str | None = None) -> None:
+        """Send `watcher` the job's result: now if it is finished and saved, else when it is."""
+        if job.published:
+            watcher.push(result_frame(job, ref))
+        else:
+            job.watchers[watcher] = ref
+
+    def finish(self, job: Job, state: JobState, result: Any = None, error: dict[str, str] | None = None) -> bool:
+        """End a job once: save its result, then push it to every watcher. False if it had already ended."""
+        if job.finished:
+            return False
+        job.state = state
+        job.result = result
+        job.error = error
+        job.finished_at = time.time()
+        job.running = None
+        self._save(job, 0)
+        return True
+
+    def _save(self, job: Job, attempt: int) -> None:
+        self.store.finish(job).add_done_callback(lambda saved: self._saved(job, saved.result(), attempt))
+
+    def _saved(self, job: Job, saved: bool, attempt: int) -> None:
+        if saved:
+            self._publish(job)
+        elif attempt < self.SAVE_RETRIES:
+            delay = min(0.25 * 2 ** attempt, 5.0)
+            log.warning("the result of job %s was not saved; trying again in %g s", job.id, delay)
+            asyncio.get_running_loop().call_later(delay, self._save, job, attempt + 1)
+        else:
+            # The store still holds the job as unfinished, so a restart runs it again; the watchers are told now.
+            log.error("the result of job %s could not be saved; telling its watchers", job.id)
+            job.state, job.result, job.error = JobState.FAILED, None, {"code": "internal", "message": self.STORE_FAILED}
+            self._publish(job)
+            self.jobs[job.id] = job  # the store would call it unfinished; this server answers for it instead
+
+    def _publish(self, job: Job) -> None:
+        job.published = True
+        watchers, job.watchers = job.watchers, {}
+        self.jobs.pop(job.id, None)
+        for watcher, ref in watchers.items():
+            watcher.forget(job)
+            watcher.push(result_frame(job, ref))
