@@ -32,8 +32,10 @@ system-deps:
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
+# The unit tier first (no Ray, seconds), then everything on real Ray, uvicorn, Redis and Chromium.
 test: $(STAMP) system-deps lint
-	$(PY) -m pytest
+	$(PY) -m pytest tests/unit
+	$(PY) -m pytest --ignore=tests/unit
 
 bench: $(STAMP) system-deps
 	$(PY) -m pip install --quiet -e '.[test,bench]'

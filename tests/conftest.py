@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import ray
 
-from server.config import Settings
-from tests.helpers import FixtureHTTP, ServerThread
+from tests.helpers import FixtureHTTP, ServerThread, settings_for
 
 MiB = 1024 * 1024
 
@@ -30,27 +28,10 @@ def http() -> Iterator[FixtureHTTP]:
         yield server
 
 
-def test_settings(http: FixtureHTTP, data_dir: Path, **changes: object) -> Settings:
-    base = Settings(
-        data_dir=data_dir,
-        enable_echo=True,
-        allow_private_urls=True,
-        euro_url=http.url("/euro/"),
-        pools=(("audio.length", 1), ("euro.results", 1), ("echo", 2)),
-        actor_cpus=0.1,
-        fetch_timeout=5.0,
-        dashboard=False,
-    )
-    return base.replace(**changes)
-
-
-test_settings.__test__ = False  # type: ignore[attr-defined]
-
-
 @pytest.fixture(scope="session")
 def server(ray_session: None, http: FixtureHTTP, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
     """The app with every kind, echo included, on real uvicorn; actors warmed up before the first test."""
-    with ServerThread(test_settings(http, tmp_path_factory.mktemp("data"))) as running:
+    with ServerThread(settings_for(http, tmp_path_factory.mktemp("data"))) as running:
         running.wait_ready()
         yield running
 

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, TypeVar
 
 import uvicorn
@@ -232,3 +233,18 @@ class FixtureHTTP:
     def __exit__(self, *exc: object) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def settings_for(http: FixtureHTTP, data_dir: Path, **changes: object) -> Settings:
+    """Settings for a test server: every kind (echo too), private URLs allowed, the euro site on loopback."""
+    base = Settings(
+        data_dir=data_dir,
+        enable_echo=True,
+        allow_private_urls=True,
+        euro_url=http.url("/euro/"),
+        pools=(("audio.length", 1), ("euro.results", 1), ("echo", 2)),
+        actor_cpus=0.1,
+        fetch_timeout=5.0,
+        dashboard=False,
+    )
+    return base.replace(**changes)

@@ -12,8 +12,7 @@ import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from server.config import Settings
-from tests.conftest import test_settings
-from tests.helpers import Client, FixtureHTTP, ServerThread, run
+from tests.helpers import Client, FixtureHTTP, ServerThread, run, settings_for
 
 ECHO_ONLY = (("audio.length", 0), ("euro.results", 0), ("echo", 1))
 
@@ -21,7 +20,7 @@ ECHO_ONLY = (("audio.length", 0), ("euro.results", 0), ("echo", 1))
 @pytest.fixture(scope="module")
 def guarded(ray_session: None, http: FixtureHTTP, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         ServerThread]:
-    settings = test_settings(http, tmp_path_factory.mktemp("access"), pools=ECHO_ONLY, tokens=("s3cret", "other"),
+    settings = settings_for(http, tmp_path_factory.mktemp("access"), pools=ECHO_ONLY, tokens=("s3cret", "other"),
                              allowed_origins=("https://app.example",), allowed_hosts=("app.example",),
                              auth_timeout=1.0)
     with ServerThread(settings) as running:
@@ -80,7 +79,7 @@ def test_tokens_and_origins_from_the_environment(tmp_path: Path) -> None:
 def open_server(ray_session: None, http: FixtureHTTP, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         ServerThread]:
     """The default configuration: no tokens, no extra hosts or origins."""
-    with ServerThread(test_settings(http, tmp_path_factory.mktemp("open"), pools=ECHO_ONLY)) as running:
+    with ServerThread(settings_for(http, tmp_path_factory.mktemp("open"), pools=ECHO_ONLY)) as running:
         yield running
 
 

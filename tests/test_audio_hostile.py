@@ -18,8 +18,7 @@ from actors._fetch import UrlGuard, forbidden_reason
 from actors.audio import measure
 from bench.hostile import measure_in_child, silent_mp3
 from tests.audio_files import encode
-from tests.conftest import test_settings
-from tests.helpers import Client, FixtureHTTP, ServerThread, run
+from tests.helpers import Client, FixtureHTTP, ServerThread, run, settings_for
 from tests.test_audio import loopback_only, serve, worker
 
 __all__ = ["loopback_only"]  # the loopback safety net applies here too (autouse)
@@ -167,7 +166,7 @@ def test_a_trickling_server_cannot_outlast_the_download_deadline(trickle: tuple[
 @pytest.fixture(scope="module")
 def audio_server(ray_session: None, http: FixtureHTTP, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         ServerThread]:
-    settings = test_settings(http, tmp_path_factory.mktemp("audio"), fetch_timeout=120.0,
+    settings = settings_for(http, tmp_path_factory.mktemp("audio"), fetch_timeout=120.0,
                              pools=(("audio.length", 1), ("euro.results", 0), ("echo", 0)))
     with ServerThread(settings) as running:
         running.wait_ready()

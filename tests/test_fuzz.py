@@ -15,8 +15,7 @@ from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 
 from server.errors import ErrorCode
-from tests.conftest import test_settings
-from tests.helpers import Client, FixtureHTTP, ServerThread
+from tests.helpers import Client, FixtureHTTP, ServerThread, settings_for
 
 T = TypeVar("T")
 FRAME_TYPES = {"accepted", "result", "error", "status", "kinds", "pong", "help"}
@@ -103,7 +102,7 @@ class Fuzzer:
 @pytest.fixture(scope="module")
 def fuzz_server(ray_session: None, http: FixtureHTTP, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         ServerThread]:
-    settings = test_settings(http, tmp_path_factory.mktemp("fuzz"), store="memory",
+    settings = settings_for(http, tmp_path_factory.mktemp("fuzz"), store="memory",
                              pools=(("audio.length", 0), ("euro.results", 0), ("echo", 1)))
     with ServerThread(settings) as running:
         yield running

@@ -16,8 +16,7 @@ import requests
 
 from bench.silent import SilentClient
 from server.store import SqliteStore
-from tests.conftest import test_settings
-from tests.helpers import Client, FixtureHTTP, ServerThread, run
+from tests.helpers import Client, FixtureHTTP, ServerThread, run, settings_for
 
 SURROGATE_REF = '{"op":"submit","kind":"echo","args":{"a":1},"ref":"\\ud800"}'
 
@@ -45,7 +44,7 @@ def flaky(ray_session: None, http: FixtureHTTP, tmp_path_factory: pytest.TempPat
         tuple[ServerThread, FlakyStore]]:
     path = tmp_path_factory.mktemp("flaky")
     store = FlakyStore(path / "jobs.sqlite3")
-    settings = test_settings(http, path, pools=(("audio.length", 0), ("euro.results", 0), ("echo", 1)))
+    settings = settings_for(http, path, pools=(("audio.length", 0), ("euro.results", 0), ("echo", 1)))
     with ServerThread(settings, store=store) as running:
         yield running, store
 
@@ -53,7 +52,7 @@ def flaky(ray_session: None, http: FixtureHTTP, tmp_path_factory: pytest.TempPat
 @pytest.fixture(scope="module")
 def small_outbox(ray_session: None, http: FixtureHTTP, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         ServerThread]:
-    settings = test_settings(http, tmp_path_factory.mktemp("outbox"), max_outbox_bytes=256 * 1024,
+    settings = settings_for(http, tmp_path_factory.mktemp("outbox"), max_outbox_bytes=256 * 1024,
                              max_frame_bytes=128 * 1024,
                              pools=(("audio.length", 0), ("euro.results", 0), ("echo", 1)))
     with ServerThread(settings) as running:

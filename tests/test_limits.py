@@ -9,14 +9,13 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import test_settings
-from tests.helpers import Client, FixtureHTTP, ServerThread, run
+from tests.helpers import Client, FixtureHTTP, ServerThread, run, settings_for
 
 
 @pytest.fixture(scope="module")
 def limited(ray_session: None, http: FixtureHTTP, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         ServerThread]:
-    settings = test_settings(http, tmp_path_factory.mktemp("limits"), job_timeout=1.0, max_jobs_per_connection=3,
+    settings = settings_for(http, tmp_path_factory.mktemp("limits"), job_timeout=1.0, max_jobs_per_connection=3,
                              pools=(("audio.length", 0), ("euro.results", 0), ("echo", 1)))
     with ServerThread(settings) as running:
         yield running

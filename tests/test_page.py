@@ -14,9 +14,8 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tests.audio_files import encode
-from tests.conftest import test_settings
 from tests.euro_pages import current_page
-from tests.helpers import Fixture, FixtureHTTP, ServerThread
+from tests.helpers import Fixture, FixtureHTTP, ServerThread, settings_for
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -29,7 +28,7 @@ expect.set_options(timeout=30_000)
 @pytest.fixture(scope="module")
 def page_server(ray_session: None, http: FixtureHTTP, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         ServerThread]:
-    settings = test_settings(http, tmp_path_factory.mktemp("page"), pools=(("audio.length", 1), ("euro.results", 1)),
+    settings = settings_for(http, tmp_path_factory.mktemp("page"), pools=(("audio.length", 1), ("euro.results", 1)),
                              enable_echo=False, dashboard_url="http://127.0.0.1:8265")
     with ServerThread(settings) as running:
         running.wait_ready()

@@ -11,8 +11,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from tests.audio_files import encode
-from tests.conftest import test_settings
-from tests.helpers import Fixture, FixtureHTTP, ServerThread
+from tests.helpers import Fixture, FixtureHTTP, ServerThread, settings_for
 from tests.test_page import browser
 
 __all__ = ["browser"]
@@ -35,7 +34,7 @@ Promise.all([post("/jobs", {kind: "echo", args: {mark: "%(mark)s"}}),
 def open_server(ray_session: None, http: FixtureHTTP, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         ServerThread]:
     """The default configuration, the one a cross-site attack has the best chance against: no tokens."""
-    settings = test_settings(http, tmp_path_factory.mktemp("browser-open"), store="memory",
+    settings = settings_for(http, tmp_path_factory.mktemp("browser-open"), store="memory",
                              pools=(("audio.length", 1), ("euro.results", 0), ("echo", 1)))
     with ServerThread(settings) as running:
         yield running
@@ -44,7 +43,7 @@ def open_server(ray_session: None, http: FixtureHTTP, tmp_path_factory: pytest.T
 @pytest.fixture(scope="module")
 def token_server(ray_session: None, http: FixtureHTTP, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         ServerThread]:
-    settings = test_settings(http, tmp_path_factory.mktemp("browser-token"), tokens=("page-s3cret",),
+    settings = settings_for(http, tmp_path_factory.mktemp("browser-token"), tokens=("page-s3cret",),
                              pools=(("audio.length", 1), ("euro.results", 0), ("echo", 0)))
     with ServerThread(settings) as running:
         running.wait_ready()

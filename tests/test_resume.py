@@ -14,8 +14,7 @@ import requests
 
 from server.jobs import Job, JobState
 from server.store import SqliteStore
-from tests.conftest import test_settings
-from tests.helpers import Client, FixtureHTTP, ServerThread, run
+from tests.helpers import Client, FixtureHTTP, ServerThread, run, settings_for
 
 ECHO_ONLY = (("audio.length", 0), ("euro.results", 0), ("echo", 1))
 
@@ -67,7 +66,7 @@ def test_a_restart_resubmits_unfinished_jobs_and_gives_up_on_hopeless_ones(
     someone_elses = Job("echo", {"n": 4}, None, owner="another-server")
     run(_seed(tmp_path / "jobs.sqlite3", [cut_off, hopeless, finished, someone_elses]))
 
-    settings = test_settings(http, tmp_path, pools=ECHO_ONLY, server_id=owner)
+    settings = settings_for(http, tmp_path, pools=ECHO_ONLY, server_id=owner)
     with ServerThread(settings) as running:
         async def scenario() -> dict[str, dict[str, Any]]:
             async with await Client.connect(running.ws_url) as client:
@@ -89,8 +88,8 @@ def test_a_restart_resubmits_unfinished_jobs_and_gives_up_on_hopeless_ones(
 def two_servers(ray_session: None, http: FixtureHTTP, redis_url: str, tmp_path: Path) -> Iterator[
         tuple[ServerThread, ServerThread]]:
     redis.Redis.from_url(redis_url).flushdb()
-    first = test_settings(http, tmp_path / "a", pools=ECHO_ONLY, store=redis_url, server_id="a")
-    second = test_settings(http, tmp_path / "b", pools=ECHO_ONLY, store=redis_url, server_id="b")
+    first = settings_for(http, tmp_path / "a", pools=ECHO_ONLY, store=redis_url, server_id="a")
+    second = settings_for(http, tmp_path / "b", pools=ECHO_ONLY, store=redis_url, server_id="b")
     with ServerThread(first) as a, ServerThread(second) as b:
         yield a, b
 
@@ -141,7 +140,7 @@ def test_a_published_draw_is_fetched_once_even_across_restarts(ray_session: None
     prefix = f"/cached-{tmp_path.name}/"
     http.add(prefix + "05-04-2024", served)
     http.add(prefix + "02-04-2024", served)
-    settings = test_settings(http, tmp_path, pools=(("audio.length", 0), ("euro.results", 1)), enable_echo=False,
+    settings = settings_for(http, tmp_path, pools=(("audio.length", 0), ("euro.results", 1)), enable_echo=False,
                              euro_url=http.url(prefix), server_id="cache")
 
     async def ask(url: str, date: str) -> dict[str, Any]:

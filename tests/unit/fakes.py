@@ -1,0 +1,84 @@
+"""Stand-ins for Ray's pools in the unit tier: the server's own code, all of it, on no Ray."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from starlette.testclient import TestClient
+
+from actors import JobKind
+from server.app import create_app
+from server.config import Settings
+from server.errors import PoolFull
+from server.jobs import Job, JobState
+from server.store import ResultCache, Saved, Store
+from server.table import JobTable
+
+
+class FakeDispatcher:
+    """Runs every job by echoing its args on the next turn of the loop; `{"hold": true}` jobs wait to be
+    cancelled. Capacity counts the held ones against AMI_MAX_PENDING, as a pool's queue would."""
+
+    def __init__(self, settings: Settings, table: JobTable, kinds: dict[str, JobKind], cache: ResultCache) -> None:
+        self.settings = settings
+        self.table = table
+        self.pools: dict[str, Any] = dict.fromkeys(kinds)
+        self.held: list[Job] = []
+        self.submitted: list[Job] = []
+
+    def start(self) -> None:
+        pass
+
+    async def ready(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    def check_capacity(self, kind: str) -> None:
+        if kind not in self.pools:
+            raise PoolFull(f"no actors serve {kind} on this server")
+        if len(self.held) >= self.settings.max_pending:
+            raise PoolFull(f"{len(self.held)} {kind} jobs are waiting; try again later")
+
+    def submit(self, job: Job) -> None:
+        self.submitted.append(job)
+        self.table.start(job)
+        if job.args.get("hold"):
+            self.held.append(job)
+        else:
+            asyncio.get_running_loop().call_soon(self.table.finish, job, JobState.SUCCEEDED, job.args)
+
+    def cancel(self, job: Job) -> bool:
+        if job.finished:
+            return False
+        if job in self.held:
+            self.held.remove(job)
+        self.table.finish(job, JobState.CANCELLED)
+        return True
+
+
+class RefusingStore(Store):
+    """The memory store, but every save fails while `refusing` is set (a full disk)."""
+
+    refusing = False
+
+    def put(self, job: Job) -> Saved:
+        return self._done(not self.refusing)
+
+
+def unit_settings(tmp_path: Path, **changes: Any) -> Settings:
+    return Settings(data_dir=tmp_path, store="memory", enable_echo=True, allowed_hosts=("testserver",),
+                    euro_url="http://127.0.0.1:9/", dashboard=False).replace(**changes)
+
+
+@contextmanager
+def unit_client(settings: Settings, store: Store | None = None) -> Iterator[TestClient]:
+    """The whole app on Starlette's test client, with the fake pools: no Ray, no sockets."""
+    app = create_app(settings, store or Store(), make_dispatcher=FakeDispatcher)
+    with TestClient(app) as client:
+        yield client
