@@ -111,6 +111,7 @@ class JobKind:
     optional: bool = False  # off unless enabled by the operator (the echo kind)
     cacheable: bool = False  # a success never changes for the same args: the job store keeps it for reuse
     example: dict[str, Any] = field(default_factory=dict)
+    published: dict[str, Any] = field(default_factory=dict)  # more for `kinds` to tell clients (a calendar)
 
     @cached_property
     def _validator(self) -> jsonschema.protocols.Validator:

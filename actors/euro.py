@@ -30,6 +30,17 @@ MAIN_CLASSES = {"ball", "euro-ball"}
 STAR_CLASSES = {"lucky-star", "euro-lucky-star"}
 
 
+# The schedule, as `kinds` publishes it: the page builds its draw picker from this, never from a copy.
+CALENDAR = {
+    "first_draw": FIRST_DRAW.isoformat(),
+    "eras": [  # ISO weekdays: Monday 1 .. Sunday 7
+        {"until": LAST_FRIDAY_ONLY.isoformat(), "iso_weekdays": [FRIDAY + 1]},
+        {"from": (LAST_FRIDAY_ONLY + dt.timedelta(days=1)).isoformat(), "iso_weekdays": [TUESDAY + 1, FRIDAY + 1]},
+    ],
+    "results_after": {"time": "21:30", "zone": "Europe/Paris"},  # a draw's results exist from then on its day
+}
+
+
 def human(day: dt.date) -> str:
     return f"{WEEKDAYS[day.weekday()]} {day.day} {MONTHS[day.month - 1]} {day.year}"
 
@@ -301,4 +312,5 @@ KIND = JobKind(
     pool=PoolSpec(size=1, max_concurrency=8),
     cacheable=True,  # a published draw never changes
     example={"date": "2024-03-26"},
+    published={"calendar": CALENDAR},
 )

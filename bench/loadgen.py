@@ -16,6 +16,14 @@ from typing import Any
 import websockets
 
 
+def percentile(values: list[float], fraction: float) -> float:
+    """The value below which `fraction` of `values` lie (nearest rank), not the maximum."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(fraction * len(ordered)) - 1))]
+
+
 @dataclass
 class LoadResult:
     jobs: int = 0
@@ -27,19 +35,13 @@ class LoadResult:
     def rate(self) -> float:
         return self.jobs / self.seconds if self.seconds else 0.0
 
-    def percentile(self, q: float) -> float:
-        if not self.latencies_ms:
-            return float("nan")
-        ordered = sorted(self.latencies_ms)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
     @property
     def p50(self) -> float:
         return statistics.median(self.latencies_ms) if self.latencies_ms else float("nan")
 
     @property
     def p99(self) -> float:
-        return self.percentile(0.99)
+        return percentile(self.latencies_ms, 0.99)
 
     def summary(self) -> str:
         return (f"{self.jobs} jobs in {self.seconds:.2f} s: {self.rate:,.0f} jobs/s, "

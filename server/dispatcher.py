@@ -78,9 +78,11 @@ class Dispatcher:
     def start(self) -> None:
         """Create every pool's actors; they warm up on their own while jobs already queue at them."""
         self._loop = asyncio.get_running_loop()
-        actor_class = ray.remote(KindActor)
         config = self.settings.worker_config()
         for kind in self.kinds.values():
+            # The one envelope, named after the kind's worker (AudioLength, EuroResults): Ray's dashboard and
+            # its per-class metrics then tell the kinds apart.
+            actor_class = ray.remote(type(kind.worker.__name__, (KindActor,), {"__module__": KindActor.__module__}))
             size = self.settings.pool_size(kind.name, kind.pool.size)
             if size <= 0:
                 continue

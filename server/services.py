@@ -72,7 +72,8 @@ class Services:
         self._background: set[asyncio.Task[Any]] = set()
         self.sessions: set[Any] = set()  # the open sockets' sessions
         self._kinds = [
-            {"kind": kind.name, "description": kind.description, "schema": kind.schema, "example": kind.example}
+            {"kind": kind.name, "description": kind.description, "schema": kind.schema, "example": kind.example,
+             **kind.published}
             for kind in self.kinds.values()
         ]
         self._kinds_frame = kinds_frame(self._kinds, None)

@@ -182,3 +182,23 @@ def test_echo_is_off_unless_enabled(page_server: ServerThread) -> None:
     refused, kinds = run(scenario())
     assert refused["code"] == "unknown_kind" and "audio.length, euro.results" in str(refused["message"])
     assert [entry["kind"] for entry in kinds["kinds"]] == ["audio.length", "euro.results"]
+
+
+@pytest.mark.parametrize(("now", "expected"), [
+    ("2024-03-26T19:00:00Z", "2024-03-22"),  # 20:00 in Paris: tonight's draw has no results yet
+    ("2024-03-26T21:00:00Z", "2024-03-26"),  # 22:00 in Paris: it has
+    ("2024-03-28T09:00:00Z", "2024-03-26"),
+], ids=["draw-day-before-results", "draw-day-after-results", "two-days-later"])
+def test_the_draw_picker_starts_at_the_latest_draw_with_results(browser: Browser, page_server: ServerThread,
+                                                                now: str, expected: str) -> None:
+    context = browser.new_context()
+    page = context.new_page()
+    try:
+        page.clock.install(time=now)
+        page.goto(page_server.url + "/")
+        expect(page.locator("#connection")).to_have_text("Connected")
+        expect(page.get_by_label("Draw")).to_have_value(expected)
+        expect(page.get_by_label("Month")).to_have_value(expected[:7])
+        assert page.get_by_label("Month").get_attribute("max") == expected[:7]
+    finally:
+        context.close()

@@ -355,3 +355,17 @@ def test_a_job_cut_off_by_a_dying_actor_runs_again_and_succeeds(server: ServerTh
     assert frame["status"] == "succeeded" and frame["result"] == {"n": "survivor", "delay_ms": 2000}
     [job] = running
     assert job is not None and job.id == frame["job"] and job.attempts == 2
+
+
+def test_each_kinds_actors_carry_a_class_name_of_their_own(server: ServerThread) -> None:
+    from ray._private import state
+
+    server.wait_ready()
+    classes: dict[str, set[str]] = {}
+    for actor in state.actors().values():
+        if actor["State"] == "ALIVE":
+            classes.setdefault(actor["Name"], set()).add(actor["ActorClassName"])
+    pools = server.app.state.services.dispatcher.pools
+    expected = {"audio.length": "AudioLength", "euro.results": "EuroResults", "echo": "Echo"}
+    for kind, class_name in expected.items():
+        assert all(classes[name] == {class_name} for name in pools[kind].names), (kind, classes)

@@ -1,24 +1,32 @@
-// The page: submit jobs, watch results arrive, survive dropped connections and reloads.
-import { FIRST_DRAW, drawDaysInMonth, isoDate } from "./draws.js";
+// The page: forms to submit jobs and a table of them. The socket, reconnects and the protocol are the
+// client's (client.js); the draw calendar is the server's; this module keeps the rows and renders them.
+import { Client } from "./client.js";
+import { drawDaysInMonth, latestDraw } from "./draws.js";
 import { formatDuration, formatElapsed, formatRate, weekdayDate } from "./format.js";
 
-const STORAGE_KEY = "ami.jobs.v1";
+const STORAGE_KEY = "ami.jobs.v2";
+const OLD_STORAGE_KEY = "ami.jobs.v1";  // kept display labels as states; read once, then dropped
 const TOKEN_KEY = "ami.token";  // sessionStorage: this tab only, never in the URL, history or server logs
-const TERMINAL = new Set(["done", "failed", "cancelled"]);
-const STATES = { queued: "queued", running: "running", succeeded: "done", failed: "failed", cancelled: "cancelled" };
+const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+const LABELS = { sending: "sending", queued: "queued", running: "running", succeeded: "done", failed: "failed",
+                 cancelled: "cancelled" };
+const FROM_LABEL = { done: "succeeded" };
 const KIND_LABELS = { "audio.length": "Audio length", "euro.results": "EuroMillions" };
 
 const $ = (selector) => document.querySelector(selector);
-const rows = new Map(load().map((row) => [row.key, row]));
+const rows = new Map(load().map((row) => [row.key, row]));  // by the ref the page submitted it with
+const byJob = new Map([...rows.values()].filter((row) => row.job).map((row) => [row.job, row]));
 const elements = new Map();
-let socket = null;
-let attempt = 0;
-let counter = 0;
+let client = null;
+let calendar = null;
 
 function load() {
   try {
-    const saved = JSON.parse(localStorage.getItem(STORAGE_KEY) || "[]");
-    return Array.isArray(saved) ? saved : [];
+    const saved = JSON.parse(localStorage.getItem(STORAGE_KEY) || "null");
+    if (Array.isArray(saved)) return saved;
+    const old = JSON.parse(localStorage.getItem(OLD_STORAGE_KEY) || "[]");
+    localStorage.removeItem(OLD_STORAGE_KEY);
+    return Array.isArray(old) ? old.map((row) => ({ ...row, state: FROM_LABEL[row.state] || row.state })) : [];
   } catch {
     return [];
   }
@@ -28,7 +36,11 @@ function save() {
   localStorage.setItem(STORAGE_KEY, JSON.stringify([...rows.values()]));
 }
 
-// --- the connection -----------------------------------------------------------------------------
+// --- the connection ---------------------------------------------------------------------------------
+
+function token() {
+  return sessionStorage.getItem(TOKEN_KEY);
+}
 
 function setConnection(state, text) {
   const badge = $("#connection");
@@ -37,15 +49,6 @@ function setConnection(state, text) {
   for (const button of document.querySelectorAll(".forms form button")) button.disabled = state !== "open";
 }
 
-function token() {
-  return sessionStorage.getItem(TOKEN_KEY);
-}
-
-function authHeaders() {
-  return token() ? { Authorization: `Bearer ${token()}` } : {};
-}
-
-// The token form: shown when the server asks for a token, or refused the one given.
 function askForToken(message) {
   sessionStorage.removeItem(TOKEN_KEY);
   setConnection("closed", "This server needs a token");
@@ -54,82 +57,82 @@ function askForToken(message) {
   $("#token").focus();
 }
 
-function connect() {
-  setConnection("connecting", attempt ? "Reconnecting…" : "Connecting…");
+// Ask the server what the page needs (401 when it has tokens and this tab has none that is valid).
+async function start() {
+  let response = null;
+  try {
+    response = await fetch("/config.json", { headers: token() ? { Authorization: `Bearer ${token()}` } : {} });
+  } catch {
+    response = null;
+  }
+  if (response && response.status === 401) {
+    askForToken(token() ? "That token was refused." : "");
+    return;
+  }
+  if (response && response.ok) {
+    const config = await response.json();
+    if (config.dashboard_url) Object.assign($("#dashboard"), { href: config.dashboard_url, hidden: false });
+  }
   const scheme = location.protocol === "https:" ? "wss" : "ws";
-  socket = new WebSocket(`${scheme}://${location.host}/ws`);
-  socket.addEventListener("open", () => {
-    attempt = 0;
-    if (token()) send({ op: "auth", token: token(), ref: "auth" });  // first frame: no secret in the URL
-    else ready();
+  client = new Client({
+    url: `${scheme}://${location.host}/ws`,
+    token: token(),
+    unfinished: () => [...rows.values()].filter((row) => row.job && !TERMINAL.has(row.state)).map((row) => row.job),
   });
-  socket.addEventListener("message", (event) => receive(JSON.parse(event.data)));
-  socket.addEventListener("close", (event) => {
-    if (event.code === 4001) {
-      askForToken(token() ? "That token was refused." : "");
-      return;
-    }
+  client.addEventListener("connection", ({ detail }) => {
+    if (detail.state === "unauthorized") askForToken(token() ? "That token was refused." : "");
+    else setConnection(detail.state, detail.text);
+    if (detail.state === "open" && !calendar) loadCalendar();
+  });
+  client.addEventListener("dropped", () => {
     for (const row of rows.values()) {
       if (row.state === "sending") update(row, { state: "failed", error: "The connection dropped before the server accepted this job; submit it again." });
     }
-    const delay = Math.min(10000, 500 * 2 ** attempt) * (0.8 + Math.random() * 0.4);
-    attempt += 1;
-    setConnection("closed", `Disconnected; reconnecting in ${Math.ceil(delay / 1000)} s`);
-    setTimeout(connect, delay);
   });
-}
-
-function send(frame) {
-  if (socket && socket.readyState === WebSocket.OPEN) {
-    socket.send(JSON.stringify(frame));
-    return true;
-  }
-  return false;
-}
-
-function ready() {
-  setConnection("open", "Connected");
-  const unfinished = [...rows.values()].filter((row) => row.job && !TERMINAL.has(row.state)).map((row) => row.job);
-  if (unfinished.length) send({ op: "watch", jobs: unfinished, ref: "resume" });
-}
-
-function receive(frame) {
-  if (frame.type === "authorized") {
-    ready();
-    return;
-  }
-  if (frame.type === "error" && frame.code === "unauthorized") return;  // the server closes next (4001)
-  const byJob = frame.job && [...rows.values()].find((row) => row.job === frame.job);
-  if (frame.type === "accepted") {
-    const row = rows.get(frame.ref);
+  client.addEventListener("accepted", ({ detail }) => {
+    const row = rows.get(detail.ref);
     if (!row) return;
-    update(row, { job: frame.job, state: "queued" });
-    send({ op: "status", job: frame.job });
-  } else if (frame.type === "status" && byJob && !TERMINAL.has(byJob.state)) {
-    update(byJob, { state: STATES[frame.state] || frame.state });
-  } else if (frame.type === "result" && byJob) {
-    update(byJob, {
-      state: STATES[frame.status], result: frame.result ?? null, error: frame.error ? frame.error.message : null,
-      elapsedMs: frame.elapsed_ms ?? null,
-    });
-  } else if (frame.type === "error") {
-    const row = byJob || rows.get(frame.ref);
+    byJob.set(detail.job, row);
+    update(row, { job: detail.job, state: "queued" });
+  });
+  client.addEventListener("state", ({ detail }) => {
+    const row = byJob.get(detail.job);
+    if (row && !TERMINAL.has(row.state)) update(row, { state: detail.state });
+  });
+  client.addEventListener("result", ({ detail }) => {
+    const row = byJob.get(detail.job);
+    if (row) update(row, { state: detail.state, result: detail.result, error: detail.error, elapsedMs: detail.elapsedMs });
+  });
+  client.addEventListener("refused", ({ detail }) => {
+    const row = (detail.job && byJob.get(detail.job)) || rows.get(detail.ref);
     if (!row) return;
-    const error = frame.code === "not_found" ? "The server no longer knows this job." : frame.message;
+    const error = detail.code === "not_found" ? "The server no longer knows this job." : detail.message;
     update(row, { state: "failed", error });
-  }
+  });
+  client.connect();
+}
+
+async function loadCalendar() {
+  const answer = await client.kinds();
+  const euro = (answer.kinds || []).find((kind) => kind.kind === "euro.results");
+  if (!euro || !euro.calendar) return;
+  calendar = euro.calendar;
+  const latest = latestDraw(calendar);
+  const month = $("#euro-month");
+  month.min = calendar.first_draw.slice(0, 7);
+  month.max = latest.slice(0, 7);
+  month.value = latest.slice(0, 7);
+  fillDraws(latest);
 }
 
 // --- jobs -------------------------------------------------------------------------------------------
 
 function submit(kind, args, input) {
-  const key = `p${Date.now().toString(36)}-${(counter++).toString(36)}`;
+  const ref = client && client.open ? client.submit(kind, args) : null;
+  const key = ref || `local-${Date.now().toString(36)}`;
   const row = { key, kind, input, job: null, state: "sending", result: null, error: null, elapsedMs: null };
   rows.set(key, row);
-  update(row, {});
-  if (!send({ op: "submit", kind, args, ref: key })) {
-    update(row, { state: "failed", error: "Not connected; submit again once connected." });
-  }
+  update(row, ref ? {} : { state: "failed", error: "Not connected; submit again once connected." });
 }
 
 function update(row, changes) {
@@ -153,7 +156,7 @@ function render(row) {
   tr.querySelector(".kind").textContent = KIND_LABELS[row.kind] || row.kind;
   tr.querySelector(".input").textContent = row.input;
   const state = tr.querySelector(".state");
-  state.textContent = row.state;
+  state.textContent = LABELS[row.state] || row.state;
   state.dataset.state = row.state;
   tr.querySelector(".time").textContent = formatElapsed(row.elapsedMs);
   renderResult(tr.querySelector(".result"), row);
@@ -165,7 +168,7 @@ function render(row) {
     button.className = "secondary cancel";
     button.textContent = "Cancel";
     button.setAttribute("aria-label", `Cancel ${KIND_LABELS[row.kind] || row.kind} job for ${row.input}`);
-    button.addEventListener("click", () => send({ op: "cancel", job: row.job }));
+    button.addEventListener("click", () => client && client.cancel(row.job));
     actions.append(button);
   }
   $("#empty").hidden = rows.size > 0;
@@ -196,29 +199,18 @@ function renderResult(cell, row) {
 
 // --- forms ------------------------------------------------------------------------------------------
 
-function fillDraws() {
+function fillDraws(selected) {
   const month = $("#euro-month").value;
   const select = $("#euro-date");
   select.replaceChildren();
-  const days = month ? drawDaysInMonth(month) : [];
-  for (const day of days) select.append(new Option(weekdayDate(day), day));
-  if (!days.length) select.append(new Option("No draws that month", ""));
+  const days = calendar && month ? drawDaysInMonth(calendar, month) : [];
+  for (const day of days) select.append(new Option(weekdayDate(day), day, false, day === selected));
+  if (!days.length) select.append(new Option(calendar ? "No draws that month" : "Loading draws…", ""));
 }
 
 function setUp() {
-  const today = isoDate(new Date());
-  const month = $("#euro-month");
-  month.min = FIRST_DRAW.slice(0, 7);
-  month.max = today.slice(0, 7);
-  month.value = today.slice(0, 7);
-  if (!drawDaysInMonth(month.value).length) {
-    const previous = new Date();
-    previous.setUTCDate(0);
-    month.value = isoDate(previous).slice(0, 7);
-  }
-  month.addEventListener("change", fillDraws);
+  $("#euro-month").addEventListener("change", () => fillDraws());
   fillDraws();
-
   $("#audio-form").addEventListener("submit", (event) => {
     event.preventDefault();
     const url = $("#audio-url").value.trim();
@@ -234,6 +226,7 @@ function setUp() {
     for (const row of [...rows.values()]) {
       if (TERMINAL.has(row.state)) {
         rows.delete(row.key);
+        byJob.delete(row.job);
         elements.get(row.key)?.remove();
         elements.delete(row.key);
       }
@@ -253,36 +246,12 @@ function setUp() {
     sessionStorage.setItem(TOKEN_KEY, fromUrl);
     history.replaceState(null, "", location.pathname);
   }
-
   for (const row of rows.values()) {
     if (row.state === "sending") Object.assign(row, { state: "failed", error: "The page closed before the server accepted this job; submit it again." });
     render(row);
   }
   $("#empty").hidden = rows.size > 0;
   start();
-}
-
-// Ask the server what the page needs (it answers 401 when it has tokens and we have none that is valid).
-async function start() {
-  let response;
-  try {
-    response = await fetch("/config.json", { headers: authHeaders() });
-  } catch {
-    response = null;
-  }
-  if (response && response.status === 401) {
-    askForToken(token() ? "That token was refused." : "");
-    return;
-  }
-  if (response && response.ok) {
-    const config = await response.json();
-    if (config.dashboard_url) {
-      const link = $("#dashboard");
-      link.href = config.dashboard_url;
-      link.hidden = false;
-    }
-  }
-  connect();
 }
 
 setUp();

@@ -1,0 +1,120 @@
+"""BENCHMARKS.md from one run's results: tables, the targets met or missed, and the notes."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import websockets
+
+from bench.loadgen import percentile
+from bench.results import Results
+from bench.targets import targets
+
+
+def machine() -> str:
+    import ray
+    import starlette
+    import uvicorn
+
+    memory = psutil.virtual_memory().total / 1024**3
+    return (f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), {memory:.0f} GiB, "
+            f"{platform.system()} {platform.release()}; Python {platform.python_version()}, Ray {ray.__version__}, "
+            f"Starlette {starlette.__version__}, uvicorn {uvicorn.__version__}, websockets {websockets.__version__}")
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def write_report(results: Results, path: Path) -> None:
+    raw, served, stores, polls, conns, slow, audio, cold = (results.raw, results.served, results.stores,
+                                                            results.polls, results.conns, results.slow,
+                                                            results.audio, results.cold)
+    shapes = results.shapes
+    out: list[str] = [
+        "# Benchmarks",
+        "",
+        f"Written by `{' '.join(['python -m bench', *sys.argv[1:]])}` (`make bench`) on "
+        f"{time.strftime('%Y-%m-%d', time.gmtime())} in {results.seconds:.0f} s. Each figure is the median of "
+        f"{results.runs} run(s); the load generator shares the machine with what it measures.",
+        "",
+        f"Machine: {machine()}.",
+        "",
+        "## Echo jobs: the product against raw Ray and Ray Serve",
+        "",
+        "Zero-delay `echo` jobs; `1 x 1` is one connection (or caller) with one job at a time (the unloaded "
+        "round trip), `1 x 64` one with 64 jobs in flight, `32 x 64` 32 of them. "
+        "The product goes through the socket, protocol, job store, actor and push; raw Ray is the same actor "
+        "called with `await actor.run.remote()` from one process; Ray Serve is a FastAPI WebSocket ingress "
+        "deployment calling a downstream echo deployment (`bench/serve_app.py`).",
+        "",
+        "| path | load | jobs/s | p50 ms | p99 ms | vs raw Ray |",
+        "|---|---|---|---|---|---|",
+    ]
+    rows = [("raw Ray", raw), ("Ray Serve WebSocket", served)] + [(f"product, {name} store", figures)
+                                                                  for name, figures in stores.items()]
+    for name, figures in rows:
+        for label in shapes:
+            ratio = figures[label].rate / raw[label].rate
+            out.append(f"| {name} | {label} | {figures[label].cells()} | {ratio:.0%} |")
+    out += ["", "Store cost (jobs/s against no store):", ""]
+    for name in ("sqlite", "redis"):
+        for label in shapes:
+            out.append(f"- {name}, {label}: {stores[name][label].rate / stores['memory'][label].rate:.0%} "
+                       f"of the memory store's throughput")
+
+    out += ["", "## Push against polling", "",
+            "Echo jobs of 300 ms and more, finishing one at a time; the figure is how long after the server saw "
+            "the job finish (its `finished_at`) the client knew the result.", "", "| how | p50 ms | p99 ms |",
+            "|---|---|---|"]
+    for name, delays in polls.items():
+        out.append(f"| {name} | {statistics.median(delays):.1f} | {percentile(delays, 0.99):.1f} |")
+
+    out += ["", "## Idle connections", "", "| connections | held | server RSS per connection | all answering |",
+            "|---|---|---|---|"]
+    for count, (held, per, alive) in conns.items():
+        out.append(f"| {count:,} | {held:,} | {per / 1024:.1f} KiB | {'yes' if alive else 'no'} |")
+
+    out += ["", "## A client that never reads", "",
+            "It sends 20 `watch` frames naming 60 finished jobs of 60 KB results each (72 MB asked for) and reads "
+            "nothing; another client pings every 10 ms meanwhile. Server RSS is sampled during the episode, "
+            "against its RSS after a client that reads had watched the same jobs (so fixed caches, such as "
+            "SQLite's 2 MB page cache, are full before).", "",
+            f"- closed with {slow['close code']:.0f}; server RSS grew by at most {slow['rss growth MiB']:.1f} MiB "
+            f"against a {slow['limit MiB']:.0f} MiB outbox limit (kernel socket buffers are not in the RSS)",
+            f"- the other client's ping meanwhile: p50 {slow['ping p50 ms']:.2f} ms, p99 {slow['ping p99 ms']:.2f} ms"]
+
+    out += ["", "## Audio", "",
+            "Milliseconds: the header path (`actors.audio.measure`) against a full `librosa.load` decode of the "
+            "same bytes, then a whole `audio.length` job (download included, from loopback) with a range request "
+            "of the header against downloading the whole file.", "",
+            "| file | header, in memory | librosa.load | job, range request | job, whole download |",
+            "|---|---|---|---|---|"]
+    for name, value in audio.items():
+        if name not in ("jobs", "memory"):
+            out.append(f"| {name} | " + " | ".join(f"{ms:.3f}" for ms in value.values()) + " |")
+    out += ["", f"`audio.length` jobs through the product on a 1 s WAV served from loopback, 2 actors, 1 connection "
+                f"with 16 in flight: {audio['jobs'].rate:,.0f} jobs/s, p50 {audio['jobs'].p50:.1f} ms, "
+                f"p99 {audio['jobs'].p99:.1f} ms."]
+    out += ["", "Peak memory of measuring a long MP3 of silence (48 kHz stereo, 32 kbit/s, no Xing frame, so every "
+                "frame is counted), in a fresh process: how far its peak RSS rose above its RSS before measuring. "
+                "Decoding the 20-minute file whole, as the product once did, peaked at about 716 MB.", "",
+            "| file | frames | peak RSS growth |", "|---|---|---|"]
+    for name, probe in audio["memory"].items():
+        out.append(f"| {name} | {probe['frames']:,} | {probe['grew_kib'] / 1024:.1f} MiB |")
+
+    out += ["", "## Cold start", "", f"`python -m server` (embedded Ray, dashboard on) to the first echo result: "
+                                     f"{statistics.median(cold):.2f} s (runs: {', '.join(f'{c:.2f}' for c in cold)})."]
+
+    out += ["", "## Targets", "", "| target | |", "|---|---|"]
+    out += [f"| {name} | {verdict(ok)} |" for name, ok in targets(results)]
+    notes = Path(__file__).with_name("NOTES.md")
+    if notes.exists():
+        out += ["", notes.read_text().strip()]
+    path.write_text("\n".join(out) + "\n")

@@ -1,0 +1,47 @@
+"""The benchmark report from synthetic results: every section written, targets judged, the real p99 used."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench.loadgen import percentile
+from bench.measure import Figure
+from bench.report import write_report
+from bench.results import Results
+from bench.targets import targets
+
+SHAPES = ["1 x 1", "1 x 64", "32 x 64"]
+
+
+def results(push: list[float]) -> Results:
+    def figures(rate: float) -> dict[str, Figure]:
+        return {shape: Figure(rate, 1.0, 2.0) for shape in SHAPES}
+
+    audio = {"1 s WAV": {"header": 0.1, "decode": 2.0, "range": 1.0, "whole": 1.5}, "jobs": Figure(100, 5, 9),
+             "memory": {"20 min": {"frames": 57_600_000, "grew_kib": 1800}}}
+    return Results(quick=True, runs=1, seconds=60, shapes=SHAPES,
+                   stores={"memory": figures(1000), "sqlite": figures(900), "redis": figures(850)},
+                   raw=figures(1000), served=figures(300), polls={"push (WebSocket)": push, "polling 1 s": [500.0]},
+                   conns={1000: (1000, 20_000, True), 10000: (10000, 20_000, True)},
+                   slow={"close code": 4008, "rss growth MiB": 0.5, "limit MiB": 1.0, "ping p50 ms": 0.4,
+                         "ping p99 ms": 2.0},
+                   audio=audio, cold=[4.0])
+
+
+def test_percentile_is_the_nearest_rank_not_the_maximum() -> None:
+    values = [float(n) for n in range(1, 101)]
+    assert (percentile(values, 0.99), percentile(values, 0.5), percentile([7.0], 0.99)) == (99.0, 50.0, 7.0)
+
+
+def test_the_report_has_every_section_and_judges_the_targets(tmp_path: Path) -> None:
+    push = [1.0] * 199 + [50.0]  # one outlier in 200: the p99 is 1 ms, the maximum 50
+    out = tmp_path / "BENCHMARKS.md"
+    write_report(results(push), out)
+    text = out.read_text()
+    for heading in ("## Echo jobs", "## Push against polling", "## Idle connections", "## A client that never reads",
+                    "## Audio", "## Cold start", "## Targets"):
+        assert heading in text, heading
+    assert "| push (WebSocket) | 1.0 | 1.0 |" in text
+    judged = dict(targets(results(push)))
+    assert judged["push delay p99 <= 5 ms"] and judged["ahead of Ray Serve, every load"]
+    assert not dict(targets(results([50.0] * 200)))["push delay p99 <= 5 ms"]
