@@ -58,6 +58,11 @@ class Settings:
         metadata=_env("AMI_ALLOWED_HOSTS", "Host names clients may use besides the defaults (loopback names when "
                                            "bound to loopback, else the bind address), or '*'"),
     )
+    old_api_started: bool = field(
+        default=False,
+        metadata=_env("AMI_OLD_API_STARTED", "the old GET /task says STARTED for running tasks (Celery's "
+                                             "track_started); off: PENDING until finished, as old clients saw"),
+    )
     auth_timeout: float = field(
         default=5.0, metadata=_env("AMI_AUTH_TIMEOUT", "seconds a socket without a token has to send 'auth'")
     )

@@ -82,7 +82,8 @@ class Dispatcher:
         for kind in self.kinds.values():
             # The one envelope, named after the kind's worker (AudioLength, EuroResults): Ray's dashboard and
             # its per-class metrics then tell the kinds apart.
-            actor_class = ray.remote(type(kind.worker.__name__, (KindActor,), {"__module__": KindActor.__module__}))
+            envelope = type(kind.worker.__name__, (KindActor,), {"__module__": KindActor.__module__})
+            actor_class: Any = ray.remote(envelope)
             size = self.settings.pool_size(kind.name, kind.pool.size)
             if size <= 0:
                 continue

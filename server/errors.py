@@ -47,12 +47,14 @@ class CloseCode(IntEnum):
 class RequestError(Exception):
     """A client frame that cannot be served; answered with an `error` frame (or an HTTP error)."""
 
-    def __init__(self, code: ErrorCode, message: str, ref: str | None = None, job: str | None = None) -> None:
+    def __init__(self, code: ErrorCode, message: str, ref: str | None = None, job: str | None = None,
+                 loc: tuple[str, ...] = ("body",)) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.ref = ref
         self.job = job
+        self.loc = loc  # where in a REST body, as FastAPI's `detail` said it
 
 
 class Refused(Exception):

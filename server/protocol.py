@@ -22,11 +22,12 @@ HELP = [
     "kinds                       the job kinds and their args",
     "auth <token>                present a token (servers with tokens)",
     "ping                        pong",
+    "done                        submit nothing more; close once every result is in",
     "help                        this text",
     'JSON works too: {"op":"submit","kind":"audio.length","args":{"url":"..."}}',
 ]
 
-OPS = "submit, cancel, status, watch, kinds, ping, help, auth"
+OPS = "submit, cancel, status, watch, kinds, ping, help, auth, done"
 SHORTCUTS = {"audio": ("audio.length", "url"), "euro": ("euro.results", "date")}
 
 
@@ -62,6 +63,11 @@ class Auth:
 
 
 @dataclass(frozen=True, slots=True)
+class Done:
+    ref: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Kinds:
     ref: str | None = None
 
@@ -76,7 +82,7 @@ class Help:
     ref: str | None = None
 
 
-Request = Submit | Cancel | Status | Watch | Kinds | Ping | Help | Auth
+Request = Submit | Cancel | Status | Watch | Kinds | Ping | Help | Auth | Done
 
 
 def parse_request(text: str) -> Request:
@@ -177,6 +183,8 @@ def _parse_json(text: str) -> Request:
             raise RequestError(ErrorCode.BAD_REQUEST, f"auth needs a 'token' string of at most {MAX_TOKEN} characters",
                                ref)
         return Auth(token, ref)
+    if op == "done":
+        return Done(ref)
     if op == "kinds":
         return Kinds(ref)
     if op == "ping":
@@ -206,6 +214,8 @@ def _parse_command(text: str) -> Request:
         if len(rest) != 1 or len(rest[0]) > MAX_TOKEN:
             raise RequestError(ErrorCode.BAD_REQUEST, "usage: auth <token>")
         return Auth(rest[0])
+    if not rest and word == "done":
+        return Done()
     if not rest and word == "kinds":
         return Kinds()
     if not rest and word == "ping":

@@ -27,11 +27,13 @@ POOLS_WAIT = 5.0  # seconds /pools waits for starting actors
 
 CELERY_STATES = {
     JobState.QUEUED: "PENDING",
-    JobState.RUNNING: "STARTED",
+    JobState.RUNNING: "PENDING",  # Celery without track_started never said STARTED; AMI_OLD_API_STARTED does
     JobState.SUCCEEDED: "SUCCESS",
     JobState.FAILED: "FAILURE",
     JobState.CANCELLED: "REVOKED",
 }
+TRUE_WORDS = {"1", "on", "t", "true", "y", "yes"}  # pydantic 1's bool parsing, as the old models had it
+FALSE_WORDS = {"0", "off", "f", "false", "n", "no"}
 
 
 class CallbackLogger:
@@ -70,8 +72,35 @@ def cross_site(request: Request) -> JSONResponse | None:
     return None
 
 
-def _problem(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+def _problem(status: int, code: str, message: str, loc: tuple[str, ...] = ("body",)) -> JSONResponse:
+    """An error body; a 422 also carries FastAPI's `detail` list, which old clients may read."""
+    body: dict[str, Any] = {"error": {"code": code, "message": message}}
+    if status == 422:
+        body["detail"] = [{"loc": list(loc), "msg": message, "type": f"value_error.{code}"}]
+    return JSONResponse(body, status_code=status)
+
+
+def _old_str(body: dict[str, Any], name: str) -> str:
+    """A string field of the old models: numbers were turned into strings (pydantic 1)."""
+    value = body.get(name)
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float):
+        return str(value)
+    message = "field required" if value is None else "str type expected"
+    raise RequestError(ErrorCode.INVALID_ARGS, message, loc=("body", name))
+
+
+def _old_bool(body: dict[str, Any], name: str) -> bool:
+    """A bool field of the old models (default false): "false", "0", "no" and "off" were false."""
+    value = body.get(name, False)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in TRUE_WORDS | FALSE_WORDS:
+        return value.strip().lower() in TRUE_WORDS
+    raise RequestError(ErrorCode.INVALID_ARGS, "value could not be parsed to a boolean", loc=("body", name))
 
 
 async def _body(request: Request) -> dict[str, Any]:
@@ -93,13 +122,16 @@ async def _body(request: Request) -> dict[str, Any]:
     return body
 
 
-async def _create(services: Services, kind_name: Any, args: Any, callback: bool = False) -> Job:
+async def _create(services: Services, kind_name: Any, args: Any, callback: bool = False,
+                  loc: tuple[str, ...] = ("body", "args")) -> Job:
     if not isinstance(args, dict):
-        raise RequestError(ErrorCode.BAD_REQUEST, "'args' must be a JSON object")
+        raise RequestError(ErrorCode.BAD_REQUEST, "'args' must be a JSON object", loc=loc)
     try:
         job = await services.admit_saved(kind_name, args)
     except (Refused, InvalidArgs) as exc:
-        raise refusal(exc) from None
+        refused = refusal(exc)
+        refused.loc = loc
+        raise refused from None
     if callback:
         services.table.watch(job, CallbackLogger())
     return job
@@ -112,7 +144,7 @@ def _handler(make: Callable[[Services, dict[str, Any]], Awaitable[JSONResponse]]
         try:
             return await make(request.app.state.services, await _body(request))
         except RequestError as exc:
-            return _problem(HTTP_STATUS.get(exc.code, 422), exc.code, exc.message)
+            return _problem(HTTP_STATUS.get(exc.code, 422), exc.code, exc.message, exc.loc)
 
     return endpoint
 
@@ -146,12 +178,14 @@ async def get_job(request: Request) -> JSONResponse:
 
 
 async def post_audio_length(services: Services, body: dict[str, Any]) -> JSONResponse:
-    job = await _create(services, "audio.length", {"url": body.get("audio_url")}, bool(body.get("callback")))
+    url, callback = _old_str(body, "audio_url"), _old_bool(body, "callback")
+    job = await _create(services, "audio.length", {"url": url}, callback, ("body", "audio_url"))
     return JSONResponse({"id": job.id}, status_code=201)
 
 
 async def post_euro_results(services: Services, body: dict[str, Any]) -> JSONResponse:
-    job = await _create(services, "euro.results", {"date": body.get("draw_date")}, bool(body.get("callback")))
+    date, callback = _old_str(body, "draw_date"), _old_bool(body, "callback")
+    job = await _create(services, "euro.results", {"date": date}, callback, ("body", "draw_date"))
     return JSONResponse({"id": job.id}, status_code=201)
 
 
@@ -168,13 +202,17 @@ def _old_result(job: Job) -> Any:
 async def get_task(request: Request) -> JSONResponse:
     if (refused := unauthorized(request)) is not None:
         return refused
-    job = await request.app.state.services.table.lookup(request.path_params["task"])
-    if job is None:
-        return _problem(404, "not_found", "no such task")
+    services = request.app.state.services
+    task = request.path_params["task"]
+    job = await services.table.lookup(task)
+    if job is None:  # the old body's shape, with a status no old client waits on
+        return JSONResponse({"id": task, "status": "NOT_FOUND", "error": "no such task", "result": None},
+                            status_code=404)
     state = job.visible_state
+    started = state is JobState.RUNNING and services.settings.old_api_started
     body = {
         "id": job.id,
-        "status": CELERY_STATES[state],
+        "status": "STARTED" if started else CELERY_STATES[state],
         "error": job.error["message"] if job.error and state in TERMINAL else None,
         "result": _old_result(job),
     }

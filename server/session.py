@@ -15,6 +15,7 @@ from server.jobs import Job
 from server.protocol import (
     Auth,
     Cancel,
+    Done,
     Help,
     Kinds,
     Ping,
@@ -39,7 +40,8 @@ ROOM_WAIT = 5.0  # seconds a `watch` waits for the client to read once half the 
 TOO_SLOW = "too many unread bytes; reconnect and watch your jobs"
 NEEDS_TOKEN = ("this server needs a token: send {\"op\":\"auth\",\"token\":\"...\"} (or 'auth TOKEN') first, or "
                "connect with an Authorization: Bearer header")
-CLOSE_REASONS: dict[int, str] = {CloseCode.UNAUTHORIZED: "a valid token is required", CloseCode.TOO_SLOW: TOO_SLOW}
+CLOSE_REASONS: dict[int, str] = {CloseCode.UNAUTHORIZED: "a valid token is required", CloseCode.TOO_SLOW: TOO_SLOW,
+                                 CloseCode.NORMAL: "done: every result sent"}
 
 
 class Session:
@@ -56,6 +58,8 @@ class Session:
         self.room = asyncio.Event()  # set when the outbox is at most half full
         self.room.set()
         self.watching: set[Job] = set()
+        self.saving = 0  # submissions admitted whose save has not answered yet
+        self.done = False  # the client said `done`: close (1000) once nothing it waits for is left
         self.closed = False
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
@@ -164,6 +168,13 @@ class Session:
 
     def forget(self, job: Job) -> None:
         self.watching.discard(job)
+        self._close_if_done()
+
+    def _close_if_done(self) -> None:
+        """After `done`: once every result this connection waits for is queued, close behind them with 1000."""
+        if self.done and not self.closed and not self.watching and not self.saving:
+            self.closed = True
+            self.outbox.put_nowait(CloseCode.NORMAL)
 
     @property
     def unfinished(self) -> int:
@@ -179,6 +190,9 @@ class Session:
             request = parse_request(text)
             if not self.authorized and not isinstance(request, Auth | Ping | Help):
                 raise RequestError(ErrorCode.UNAUTHORIZED, NEEDS_TOKEN, request.ref)
+            if self.done and isinstance(request, Submit | Watch | Cancel):
+                raise RequestError(ErrorCode.BAD_REQUEST, "this connection said 'done': it closes once its results "
+                                                          "are in; open another to do more", request.ref)
             await self.handle(request)
         except RequestError as exc:
             self.push(error_frame(exc.code, exc.message, exc.ref, exc.job))
@@ -209,6 +223,9 @@ class Session:
                 self.push(pong_frame(ref))
             case Help(ref):
                 self.push(help_frame(ref))
+            case Done():
+                self.done = True
+                self._close_if_done()
             case Auth(token, ref):
                 self.authorized = services.access.token_valid(token)
                 if self.authorized:
@@ -223,12 +240,15 @@ class Session:
             raise refusal(exc, ref) from None
 
         def answer(done: asyncio.Future[bool]) -> None:
+            self.saving -= 1
             if not done.result():
                 self.push(error_frame(ErrorCode.BUSY, "the job store cannot save jobs right now; try again", ref))
-                return
-            self.push(accepted_frame(job, ref))
-            self._watch(job, ref)
+            else:
+                self.push(accepted_frame(job, ref))
+                self._watch(job, ref)
+            self._close_if_done()
 
+        self.saving += 1
         saved.add_done_callback(answer)
 
     def _watch(self, job: Job, ref: str | None) -> None:

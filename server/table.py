@@ -112,5 +112,5 @@ class JobTable:
         watchers, job.watchers = job.watchers, {}
         self.jobs.pop(job.id, None)
         for watcher, ref in watchers.items():
-            watcher.forget(job)
             watcher.push(result_frame(job, ref))
+            watcher.forget(job)  # after the push: a watcher may close once it has nothing left to wait for
