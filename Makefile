@@ -27,7 +27,7 @@ run: $(STAMP)
 	$(PY) -m server
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check server actors tests bench
+	$(VENV)/bin/ruff check server actors tests bench ami
 	$(VENV)/bin/mypy
 
 # What the tests need from the system: a real redis-server (and, for the page, Chromium).

@@ -22,6 +22,7 @@ import numpy as np
 import soundfile
 import websockets
 
+import ami
 from bench.hostile import measure_in_child, silent_mp3
 from bench.loadgen import LoadResult, run_load
 from bench.servers import free_port, server
@@ -356,12 +357,10 @@ class Bench:
     async def _first_result(url: str) -> None:
         while True:
             try:
-                async with websockets.connect(url) as ws:
-                    await ws.send('{"op":"submit","kind":"echo","args":{}}')
-                    while json.loads(await ws.recv())["type"] != "result":
-                        pass
+                async with ami.Client(url, reconnect=False) as client:
+                    await client.submit("echo", {})
                     return
-            except OSError:
+            except ami.ConnectionFailed:
                 await asyncio.sleep(0.05)  # not listening yet
 
     # --- cold start --------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import socket
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+import ami
 from bench.servers import free_port
 from bench.silent import SilentClient
 from tests.helpers import Client, run
@@ -89,10 +91,10 @@ def test_jobs_accepted_before_a_sigkill_finish_after_the_restart(tmp_path: Path)
         assert orphans == [], f"the restart left the killed server's processes running: {orphans}"
 
         async def resume() -> dict[str, dict[str, object]]:
-            async with await Client.connect(f"ws://127.0.0.1:{port}/ws") as client:
-                await client.send({"op": "watch", "jobs": quick + slow})
-                frames = [await client.recv(timeout=120) for _ in range(40)]
-                return {str(frame["job"]): frame for frame in frames}
+            async with ami.Client(f"ws://127.0.0.1:{port}/ws") as client:
+                await client.watch(quick + slow)
+                results = await asyncio.gather(*(client.result(job) for job in quick + slow))
+                return {result.job: result.frame for result in results}
 
         frames = run(resume(), timeout=180)
         assert set(frames) == set(quick + slow)

@@ -1,0 +1,5 @@
+import sys
+
+from ami.cli import main
+
+sys.exit(main())

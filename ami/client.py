@@ -1,0 +1,245 @@
+"""An asyncio client of protocol v1, on `websockets`: submit and await results, watch, reconnect.
+
+    async with ami.Client("ws://127.0.0.1:8000/ws", token=None) as client:
+        result = await client.submit("euro.results", {"date": "2024-03-26"})
+        print(result.status, result.result)
+
+A dropped connection is opened again with backoff and every unfinished job is watched again, so each
+result arrives exactly once; answers are matched to requests by `ref`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import random
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import websockets
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
+
+FINAL_CLOSES = {1000, 1008, 4001}  # done, a refused origin, a refused token: opening again would not help
+
+
+class Error(Exception):
+    """Anything this client raises."""
+
+
+class ConnectionFailed(Error):
+    """The server cannot be reached, refused the connection, or closed it for good."""
+
+
+class Refused(Error):
+    """The server answered a request with an `error` frame (`code`: bad_request, invalid_args, busy, ...)."""
+
+    def __init__(self, code: str, message: str, ref: str | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.ref = ref
+
+
+@dataclass(frozen=True)
+class Result:
+    """A job's one `result` frame."""
+
+    job: str
+    kind: str
+    status: str  # succeeded, failed or cancelled
+    result: Any = None
+    error: dict[str, str] | None = None
+    elapsed_ms: float | None = None
+    frame: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "succeeded"
+
+    @classmethod
+    def from_frame(cls, frame: dict[str, Any]) -> Result:
+        return cls(frame["job"], frame.get("kind", ""), frame["status"], frame.get("result"), frame.get("error"),
+                   frame.get("elapsed_ms"), frame)
+
+
+class Client:
+    def __init__(self, url: str, token: str | None = None, *, reconnect: bool = True, max_backoff: float = 10.0,
+                 open_timeout: float = 10.0) -> None:
+        self.url = url
+        self.token = token
+        self.reconnect = reconnect
+        self.max_backoff = max_backoff
+        self.open_timeout = open_timeout
+        self._ws: ClientConnection | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()
+        self._refs = (f"c{n}" for n in itertools.count())
+        self._answers: dict[str, asyncio.Future[dict[str, Any]]] = {}  # ref -> the frame answering it
+        self._results: dict[str, asyncio.Future[Result]] = {}  # job -> its result, while someone waits
+        self._stream: asyncio.Queue[Result] = asyncio.Queue()  # every result, for `results()`
+        self._closing = False
+        self._failure: Error | None = None
+
+    async def __aenter__(self) -> Client:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        """Open the connection (raises ConnectionFailed), then keep it open until `close`."""
+        await self._open()
+        self._reader = asyncio.create_task(self._read_forever())
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        if self._ws is not None:
+            await self._ws.close()
+        self._fail_waiters(ConnectionFailed("the client was closed"))
+
+    # --- requests ----------------------------------------------------------------------------------------
+
+    async def send(self, kind: str, args: dict[str, Any]) -> str:
+        """Submit a job; its id once accepted (Refused otherwise). Its result comes to `result()`/`results()`."""
+        frame = await self._request({"op": "submit", "kind": kind, "args": args})
+        job = str(frame["job"])
+        self._results.setdefault(job, asyncio.get_running_loop().create_future())
+        return job
+
+    async def submit(self, kind: str, args: dict[str, Any]) -> Result:
+        """Submit a job and wait for its result."""
+        return await self.result(await self.send(kind, args))
+
+    async def submit_many(self, jobs: Iterable[tuple[str, dict[str, Any]]]) -> list[Result | Refused]:
+        """Submit several jobs at once; their results (or refusals) in the order given."""
+        async def one(kind: str, args: dict[str, Any]) -> Result | Refused:
+            try:
+                return await self.submit(kind, args)
+            except Refused as refused:
+                return refused
+
+        return list(await asyncio.gather(*(one(kind, args) for kind, args in jobs)))
+
+    async def result(self, job: str) -> Result:
+        """The result of a job this client submitted or watches."""
+        future = self._results.setdefault(job, asyncio.get_running_loop().create_future())
+        return await asyncio.shield(future)
+
+    async def watch(self, jobs: Iterable[str]) -> None:
+        """Follow jobs (of any connection): their results come to `result()` and `results()`."""
+        ids = list(dict.fromkeys(jobs))
+        loop = asyncio.get_running_loop()
+        for job in ids:
+            self._results.setdefault(job, loop.create_future())
+        for start in range(0, len(ids), 1000):
+            await self._send({"op": "watch", "jobs": ids[start:start + 1000], "ref": next(self._refs)})
+
+    async def status(self, job: str) -> str:
+        """`queued`, `running`, `succeeded`, `failed` or `cancelled` (Refused with `not_found` if unknown)."""
+        return str((await self._request({"op": "status", "job": job}))["state"])
+
+    async def cancel(self, job: str) -> None:
+        await self._send({"op": "cancel", "job": job, "ref": next(self._refs)})
+
+    async def results(self) -> AsyncIterator[Result]:
+        """Every result this client receives, as it arrives."""
+        while True:
+            yield await self._stream.get()
+
+    # --- the connection ------------------------------------------------------------------------------------
+
+    async def _open(self) -> None:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+        try:
+            self._ws = await websockets.connect(self.url, additional_headers=headers, max_size=None,
+                                                open_timeout=self.open_timeout)
+        except (OSError, InvalidHandshake, TimeoutError) as exc:
+            raise ConnectionFailed(f"cannot connect to {self.url}: {exc}") from None
+        self._connected.set()
+
+    async def _read_forever(self) -> None:
+        attempt = 0
+        while not self._closing:
+            assert self._ws is not None
+            try:
+                async for raw in self._ws:
+                    attempt = 0
+                    self._receive(json.loads(raw))
+                code = self._ws.close_code
+            except ConnectionClosed as exc:
+                code = exc.rcvd.code if exc.rcvd is not None else None
+            self._connected.clear()
+            if self._closing:
+                return
+            if not self.reconnect or code in FINAL_CLOSES:
+                self._fail_waiters(ConnectionFailed(f"the server closed the connection ({code})"))
+                return
+            self._fail_answers(ConnectionFailed("the connection dropped before the server answered"))
+            while not self._closing:  # open again, with backoff, and watch what is still owed
+                await asyncio.sleep(min(self.max_backoff, 0.2 * 2 ** attempt) * (0.8 + 0.4 * random.random()))
+                attempt += 1
+                try:
+                    await self._open()
+                    await self.watch([job for job, future in self._results.items() if not future.done()])
+                    break
+                except ConnectionFailed:
+                    continue
+
+    def _receive(self, frame: dict[str, Any]) -> None:
+        ref = frame.get("ref")
+        kind = frame.get("type")
+        if kind == "result":
+            result = Result.from_frame(frame)
+            future = self._results.get(result.job)
+            if future is not None and future.done():
+                return  # a second copy (watched again after a reconnect): each result arrives once
+            if future is None:
+                future = self._results[result.job] = asyncio.get_running_loop().create_future()
+            future.set_result(result)
+            self._stream.put_nowait(result)
+        elif ref is not None and ref in self._answers and kind != "result":
+            answer = self._answers.pop(ref)
+            if not answer.done():
+                answer.set_result(frame)
+
+    async def _request(self, frame: dict[str, Any]) -> dict[str, Any]:
+        ref = next(self._refs)
+        answer = self._answers[ref] = asyncio.get_running_loop().create_future()
+        await self._send({**frame, "ref": ref})
+        reply = await answer
+        if reply.get("type") == "error":
+            raise Refused(str(reply["code"]), str(reply["message"]), ref)
+        return reply
+
+    async def _send(self, frame: dict[str, Any]) -> None:
+        if self._failure is not None:
+            raise self._failure
+        await asyncio.wait_for(self._connected.wait(), self.open_timeout * 10)
+        assert self._ws is not None
+        try:
+            await self._ws.send(json.dumps(frame))
+        except ConnectionClosed:
+            raise ConnectionFailed("the connection dropped; try again") from None
+
+    def _fail_answers(self, error: Error) -> None:
+        for answer in self._answers.values():
+            if not answer.done():
+                answer.set_exception(error)
+        self._answers.clear()
+
+    def _fail_waiters(self, error: Error) -> None:
+        self._failure = error
+        self._fail_answers(error)
+        for future in self._results.values():
+            if not future.done():
+                future.set_exception(error)
+                future.exception()  # nobody may be waiting: retrieved, so asyncio logs nothing
