@@ -14,8 +14,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
+import jsonschema
 import uvicorn
 import websockets
+import yaml
 from websockets.asyncio.client import ClientConnection
 
 from server.app import create_app
@@ -24,6 +26,14 @@ from server.store import Store
 
 T = TypeVar("T")
 TIMEOUT = 60.0
+ROOT = Path(__file__).resolve().parent.parent
+ASYNCAPI = yaml.safe_load((ROOT / "docs" / "asyncapi.yaml").read_text())
+SERVER_FRAME = jsonschema.Draft7Validator({**ASYNCAPI, "$ref": "#/components/schemas/ServerFrame"})
+
+
+def server_frame_errors(frame: dict[str, Any]) -> list[str]:
+    """Why `frame` is not a server frame as docs/asyncapi.yaml describes them (empty when it is)."""
+    return [error.message for error in SERVER_FRAME.iter_errors(frame)]
 
 
 def run(coro: Awaitable[T], timeout: float = TIMEOUT) -> T:
@@ -128,6 +138,7 @@ class Client:
         assert "\n" not in raw, "server frames are one line"
         frame = json.loads(raw)
         assert isinstance(frame, dict) and "type" in frame
+        assert server_frame_errors(frame) == [], f"not a frame of docs/asyncapi.yaml: {raw}"
         return frame
 
     async def recv_until(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 30) -> dict[str, Any]:
