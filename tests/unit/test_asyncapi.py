@@ -53,3 +53,12 @@ def test_frames_are_checked_against_it() -> None:
     assert server_frame_errors({"type": "result", "job": "j", "kind": "echo", "status": "succeeded", "result": 1}) == []
     assert server_frame_errors({"type": "pong", "extra": 1}) != []
     assert server_frame_errors({"type": "error", "code": "made_up", "message": "m"}) != []
+
+
+def test_the_readmes_error_table_matches_the_server() -> None:
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("| code | when |"):].split("\n\n", 1)[0]
+    listed = {line.split("`")[1] for line in table.splitlines()[2:] if line.startswith("| `")}
+    assert listed == {str(code) for code in ErrorCode}
+    sentence = readme[readme.index("A failed job's `result.error.code` is one of"):].split("\n\n", 1)[0]
+    assert {str(code) for code in JobErrorCode} <= {word.strip("`,.") for word in sentence.split() if "`" in word}
