@@ -15,7 +15,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from server.access import redact_tokens_in_logs
-from server.app import announce, create_app
+from server.app import announce, create_app, uvicorn_options
 from server.config import Settings, SettingsError
 from server.raysetup import kill_descendants
 
@@ -60,8 +60,7 @@ def run(settings: Settings) -> None:
         port=settings.port,
         log_level=settings.log_level,
         lifespan="on",
-        ws_max_size=max(4 * settings.max_frame_bytes, 1024 * 1024),
-        timeout_graceful_shutdown=settings.shutdown_timeout,  # type: ignore[arg-type]  # a float works
+        **uvicorn_options(settings),
     )
     redact_tokens_in_logs()  # after uvicorn configured its loggers: its access log writes whole request lines
     Server(config, settings, app).run()

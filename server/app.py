@@ -94,6 +94,20 @@ def create_app(settings: Settings, store: Store | None = None, make_dispatcher: 
     return Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
 
 
+BACKLOG = 4096  # connections the kernel holds before accept (Linux caps it at net.core.somaxconn, 4096 here)
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """How uvicorn serves this app, for the CLI and the tests alike."""
+    return {
+        "ws_max_size": max(4 * settings.max_frame_bytes, 1024 * 1024),
+        # Browsers negotiate deflate whenever it is offered, and its zlib state doubles an idle socket's memory.
+        "ws_per_message_deflate": settings.ws_deflate,
+        "backlog": BACKLOG,
+        "timeout_graceful_shutdown": settings.shutdown_timeout,
+    }
+
+
 def announce(settings: Settings, services: Services) -> None:
     """Tell the person who started the server where to go; printed once the socket is listening."""
     host = f"[{settings.host}]" if ":" in settings.host else settings.host

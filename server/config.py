@@ -78,6 +78,10 @@ class Settings:
         default=1024 * 1024,
         metadata=_env("AMI_MAX_OUTBOX_BYTES", "bytes a client may leave unread before it is cut off (close 4008)"),
     )
+    ws_deflate: bool = field(
+        default=False,
+        metadata=_env("AMI_WS_DEFLATE", "offer permessage-deflate; doubles an idle socket's memory (33 to 66 KiB)"),
+    )
     shutdown_timeout: float = field(
         default=10.0,
         metadata=_env("AMI_SHUTDOWN_TIMEOUT", "seconds open requests get to finish when the server stops"),

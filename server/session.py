@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -44,29 +45,34 @@ CLOSE_REASONS: dict[int, str] = {CloseCode.UNAUTHORIZED: "a valid token is requi
                                  CloseCode.NORMAL: "done: every result sent"}
 
 
+Item = tuple[str, int] | int | None  # a frame and its size in bytes, a close code, or the end
+
+
 class Session:
     """Serves one socket. `push` never blocks: frames queue for a writer task, so a slow client
-    slows only itself, and the bytes it leaves unread are capped (close 4008 past the cap)."""
+    slows only itself, and the bytes it leaves unread are capped (close 4008 past the cap).
+
+    An idle connection holds no queue, no writer task and no event: they exist only while frames wait to
+    be sent, so thousands of idle sockets cost what uvicorn and the socket cost, little more.
+    """
 
     def __init__(self, websocket: WebSocket, services: Services, authorized: bool = True) -> None:
         self.websocket = websocket
         self.services = services
         self.authorized = authorized  # False until an `auth` frame presents a valid token
         self.limit = services.settings.max_outbox_bytes
-        self.outbox: asyncio.Queue[tuple[str, int] | int | None] = asyncio.Queue()  # frame, close code, or end
+        self.outbox: deque[Item] | None = None  # frames waiting for the writer, while there are any
         self.queued = 0  # bytes in the outbox
-        self.room = asyncio.Event()  # set when the outbox is at most half full
-        self.room.set()
         self.watching: set[Job] = set()
         self.saving = 0  # submissions admitted whose save has not answered yet
         self.done = False  # the client said `done`: close (1000) once nothing it waits for is left
         self.closed = False
-        self._writer: asyncio.Task[None] | None = None
+        self._writer: asyncio.Task[None] | None = None  # runs while the outbox has frames
+        self._room: asyncio.Future[None] | None = None  # resolved once the outbox is at most half full
         self._closer: asyncio.Task[None] | None = None
 
     async def serve(self) -> None:
         await self.websocket.accept()
-        self._writer = asyncio.create_task(self._write())
         deadline = None
         if not self.authorized:
             timeout = self.services.settings.auth_timeout
@@ -90,30 +96,49 @@ class Session:
             for job in self.watching:
                 job.watchers.pop(self, None)
             self.watching.clear()
-            self.outbox.put_nowait(None)
-            await asyncio.wait([self._writer])
+            if self._writer is not None:  # let it send what is queued (or find the client gone)
+                self._enqueue(None)
+                await asyncio.wait([self._writer])
             if self._closer is not None:
                 await self._closer
 
+    def _enqueue(self, item: Item) -> None:
+        if self.outbox is None:
+            self.outbox = deque()
+        self.outbox.append(item)
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write())
+
     async def _write(self) -> None:
-        while (item := await self.outbox.get()) is not None:
-            if isinstance(item, int):
-                await self._close(item, CLOSE_REASONS.get(item, ""))
-                return
-            text, size = item
-            self.queued -= size
-            if self.queued <= self.limit // 2:
-                self.room.set()
-            try:
-                await self.websocket.send_text(text)
-            except (WebSocketDisconnect, RuntimeError, OSError):  # uvicorn's ClientDisconnected is an OSError
-                self.closed = True  # the client left; the reader sees it too
-                return
-            except Exception:
-                log.exception("sending a frame failed; closing the connection")
-                self.closed = True
-                await self._close(CloseCode.INTERNAL, "the server could not send a frame")
-                return
+        outbox = self.outbox
+        assert outbox is not None
+        try:
+            while outbox:
+                item = outbox.popleft()
+                if item is None:
+                    return
+                if isinstance(item, int):
+                    await self._close(item, CLOSE_REASONS.get(item, ""))
+                    return
+                text, size = item
+                self.queued -= size
+                if self._room is not None and self.queued <= self.limit // 2:
+                    self._room.set_result(None)
+                    self._room = None
+                try:
+                    await self.websocket.send_text(text)
+                except (WebSocketDisconnect, RuntimeError, OSError):  # uvicorn's ClientDisconnected is an OSError
+                    self.closed = True  # the client left; the reader sees it too
+                    return
+                except Exception:
+                    log.exception("sending a frame failed; closing the connection")
+                    self.closed = True
+                    await self._close(CloseCode.INTERNAL, "the server could not send a frame")
+                    return
+        finally:  # nothing is awaited between the last check and here: a push now starts a new writer
+            self._writer = None
+            if not outbox:
+                self.outbox = None
 
     async def _close(self, code: int, reason: str) -> None:
         with contextlib.suppress(Exception):  # already closed or gone: nothing left to tell the client
@@ -128,9 +153,7 @@ class Session:
             self._cut_off()
             return
         self.queued += size
-        if self.queued > self.limit // 2:
-            self.room.clear()
-        self.outbox.put_nowait((text, size))
+        self._enqueue((text, size))
 
     def _refuse(self, ref: str | None) -> None:
         """No valid token: say so, then close with 4001 once that is sent."""
@@ -138,7 +161,7 @@ class Session:
             return
         self.push(error_frame(ErrorCode.UNAUTHORIZED, NEEDS_TOKEN, ref))
         self.closed = True
-        self.outbox.put_nowait(CloseCode.UNAUTHORIZED)
+        self._enqueue(CloseCode.UNAUTHORIZED)
 
     def _cut_off(self) -> None:
         """Drop what a client that does not read left queued, and close with 4008.
@@ -148,8 +171,8 @@ class Session:
         """
         log.warning("closing a connection that left more than %d bytes unread", self.limit)
         self.closed = True
-        while not self.outbox.empty():
-            self.outbox.get_nowait()
+        if self.outbox is not None:
+            self.outbox.clear()
         self.queued = 0
         if self._writer is not None:
             self._writer.cancel()
@@ -158,10 +181,12 @@ class Session:
     async def _make_room(self) -> None:
         """Answers a client asked for wait for it to read what it already has; a client that reads
         nothing for ROOM_WAIT seconds while asking for more is cut off."""
-        if self.room.is_set():
+        if self.queued <= self.limit // 2:
             return
+        if self._room is None:
+            self._room = asyncio.get_running_loop().create_future()
         try:
-            await asyncio.wait_for(self.room.wait(), ROOM_WAIT)
+            await asyncio.wait_for(asyncio.shield(self._room), ROOM_WAIT)
         except TimeoutError:
             if not self.closed:
                 self._cut_off()
@@ -174,7 +199,7 @@ class Session:
         """After `done`: once every result this connection waits for is queued, close behind them with 1000."""
         if self.done and not self.closed and not self.watching and not self.saving:
             self.closed = True
-            self.outbox.put_nowait(CloseCode.NORMAL)
+            self._enqueue(CloseCode.NORMAL)
 
     @property
     def unfinished(self) -> int:

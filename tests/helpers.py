@@ -20,7 +20,7 @@ import websockets
 import yaml
 from websockets.asyncio.client import ClientConnection
 
-from server.app import create_app
+from server.app import create_app, uvicorn_options
 from server.config import Settings
 from server.store import Store
 
@@ -29,6 +29,19 @@ TIMEOUT = 60.0
 ROOT = Path(__file__).resolve().parent.parent
 ASYNCAPI = yaml.safe_load((ROOT / "docs" / "asyncapi.yaml").read_text())
 SERVER_FRAME = jsonschema.Draft7Validator({**ASYNCAPI, "$ref": "#/components/schemas/ServerFrame"})
+
+
+def wait_until(condition: Callable[[], object], timeout: float) -> bool:
+    """Whether `condition` came true within `timeout` seconds (checked every 20 ms; no sleep decides a test)."""
+    expired = threading.Event()
+    timer = threading.Timer(timeout, expired.set)
+    timer.start()
+    try:
+        while not condition() and not expired.wait(0.02):
+            pass
+        return bool(condition())
+    finally:
+        timer.cancel()
 
 
 def server_frame_errors(frame: dict[str, Any]) -> list[str]:
@@ -69,8 +82,7 @@ class ServerThread:
         self.port = int(self.sock.getsockname()[1])
         self.settings = settings.replace(port=self.port, namespace=f"test-{uuid.uuid4().hex[:8]}")
         self.app = create_app(self.settings, store)
-        config = uvicorn.Config(self.app, log_level="warning", lifespan="on",
-                                ws_max_size=max(4 * self.settings.max_frame_bytes, 1024 * 1024))
+        config = uvicorn.Config(self.app, log_level="warning", lifespan="on", **uvicorn_options(self.settings))
         self.server = _Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 

@@ -15,9 +15,10 @@ import pytest
 import ami
 from tests.audio_files import encode
 from tests.euro_pages import current_page
-from tests.helpers import Fixture, FixtureHTTP, ServerThread, run
+from tests.helpers import Fixture, FixtureHTTP, ServerThread, run, wait_until
 
 AMI = Path(sys.executable).parent / "ami"
+
 
 
 def test_submit_returns_the_result_and_refusals_are_typed(server: ServerThread) -> None:
@@ -110,6 +111,8 @@ def test_the_ami_command(server: ServerThread, http: FixtureHTTP) -> None:
 
     assert cli(*url, "frobnicate").returncode == 2
     assert cli("--url", "ws://127.0.0.1:9/ws", "euro", "2024-03-26").returncode == 2
-    slow = cli(*url, "--timeout", "0.5", "submit", "echo", '{"delay_ms": 5000}')
+    slow = cli(*url, "--timeout", "0.5", "submit", "echo", '{"delay_ms": 3000}')
     assert slow.returncode == 2 and "no answer within 0.5 s" in slow.stderr
+    echo = server.app.state.services.dispatcher.pools["echo"]
+    assert wait_until(lambda: sum(echo.inflight) == 0, 30), "the shared server is idle again for the next tests"
     assert "euro DATE" in cli("--help").stdout

@@ -16,7 +16,7 @@ import requests
 
 from bench.silent import SilentClient
 from server.store import SqliteStore
-from tests.helpers import Client, FixtureHTTP, ServerThread, run, settings_for
+from tests.helpers import Client, FixtureHTTP, ServerThread, run, settings_for, wait_until
 
 SURROGATE_REF = '{"op":"submit","kind":"echo","args":{"a":1},"ref":"\\ud800"}'
 
@@ -114,24 +114,11 @@ class _only_session:
 
     def __enter__(self) -> None:
         sessions = self.server.app.state.services.sessions
-        assert _wait(lambda: not sessions, 30), "other connections stayed open"
+        assert wait_until(lambda: not sessions, 30), "other connections stayed open"
 
     def __exit__(self, *exc: object) -> None:
         pass
 
-
-def _wait(condition: Any, timeout: float) -> bool:
-    done = threading.Event()
-    deadline = threading.Timer(timeout, done.set)
-    deadline.start()
-    try:
-        while not done.is_set():
-            if condition():
-                return True
-            done.wait(0.02)
-        return bool(condition())
-    finally:
-        deadline.cancel()
 
 
 def test_watch_sends_each_result_once_per_frame_and_plain_watch_is_capped(server: ServerThread) -> None:
@@ -338,7 +325,7 @@ def test_a_client_that_never_reads_is_cut_off_and_others_are_served(small_outbox
         logging.getLogger("server.session").removeHandler(spy)
         silent.close()
     sessions = small_outbox.app.state.services.sessions
-    assert _wait(lambda: not sessions, 30), "the cut-off session is gone"
+    assert wait_until(lambda: not sessions, 30), "the cut-off session is gone"
 
 
 def test_cancelling_a_running_job_logs_no_error(server: ServerThread, caplog: pytest.LogCaptureFixture) -> None:
@@ -353,7 +340,7 @@ def test_cancelling_a_running_job_logs_no_error(server: ServerThread, caplog: py
     pool = server.app.state.services.dispatcher.pools["echo"]
     with caplog.at_level(logging.WARNING):
         assert run(scenario())["status"] == "cancelled"
-        assert _wait(lambda: sum(pool.inflight) == 0, 30), "the cancelled call came back"
+        assert wait_until(lambda: sum(pool.inflight) == 0, 30), "the cancelled call came back"
         gc.collect()  # asyncio reports an unretrieved exception when its future is collected
     errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
     assert errors == [], [record.getMessage() for record in errors]
