@@ -15,7 +15,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from server.access import redact_tokens_in_logs
-from server.app import announce, create_app, uvicorn_options
+from server.app import announce, create_app, raise_file_limit, uvicorn_options
 from server.config import Settings, SettingsError
 from server.raysetup import kill_descendants
 
@@ -53,6 +53,7 @@ def _force_exit() -> None:
 def run(settings: Settings) -> None:
     """Serve until told to stop; Ray, the actors and the sockets are closed on the way out."""
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    raise_file_limit()
     app = create_app(settings)
     config = uvicorn.Config(
         app,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import resource
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -94,6 +95,7 @@ def create_app(settings: Settings, store: Store | None = None, make_dispatcher: 
     return Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
 
 
+FILES_KEPT = 300  # open files the server needs besides sockets: Ray's, the store's, the page's
 BACKLOG = 4096  # connections the kernel holds before accept (Linux caps it at net.core.somaxconn, 4096 here)
 
 
@@ -119,4 +121,14 @@ def announce(settings: Settings, services: Services) -> None:
         lines.append(f"Dashboard: {services.ray.dashboard_url} ({dashboard_sign_in()})")
     lines.append(f"Ray:       {services.ray.address}; kinds: {', '.join(sorted(services.kinds))}; "
                  f"store: {settings.store}")
+    files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    lines.append(f"Sockets:   up to about {max(files - FILES_KEPT, 0):,} connections (open-file limit {files:,})")
     print("\n".join(lines), flush=True)
+
+
+def raise_file_limit() -> int:
+    """Raise this process's open-file limit to the hard limit (each socket is a file); the new limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]

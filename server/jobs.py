@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -33,7 +33,7 @@ class Job:
     kind: str
     args: dict[str, Any]
     ref: str | None = None
-    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    id: str = field(default_factory=lambda: os.urandom(16).hex())  # unguessable: an id lets one watch or cancel
     state: JobState = JobState.QUEUED
     created_at: float = field(default_factory=time.time)
     started_at: float | None = None

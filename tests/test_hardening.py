@@ -30,7 +30,7 @@ class FlakyStore(SqliteStore):
         self.fail_finishes = threading.Event()
         self.finish_failed = threading.Event()
 
-    def _apply(self, connection: Any, sql: str, params: tuple[Any, ...]) -> None:
+    def _apply(self, connection: Any, sql: str, params: list[tuple[Any, ...]]) -> None:
         if self.fail_all.is_set():
             raise OSError("injected: the disk is full")
         if sql == self.FINISH and self.fail_finishes.is_set():

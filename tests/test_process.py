@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import resource
 import signal
 import socket
 import subprocess
@@ -33,6 +34,9 @@ def test_server_prints_its_urls_serves_and_leaves_no_process_behind(sig: int, tm
         assert f"ws://127.0.0.1:{port}/ws" in socket_line
         assert f"http://127.0.0.1:{dashboard}" in dashboard_line
         assert ".ray/auth_token" in dashboard_line
+        sockets_line = process.wait_for_line(lambda line: line.startswith("Sockets:"))
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        assert f"open-file limit {hard:,})" in sockets_line, "the soft limit was raised to the hard one"
 
         async def scenario() -> dict[str, object]:
             async with await Client.connect(f"ws://127.0.0.1:{port}/ws") as client:
