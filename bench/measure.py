@@ -32,6 +32,21 @@ MiB = 1024 * 1024
 
 
 @dataclass
+class Held:
+    """Sockets opened and held: how many, server RSS per socket, how many answered a ping, failed opens."""
+
+    asked: int
+    held: int
+    per_bytes: float
+    answering: int
+    errors: int
+
+    def __str__(self) -> str:
+        return (f"{self.held:,} of {self.asked:,} held, {self.per_bytes / 1024:.1f} KiB each, "
+                f"{self.answering:,} answering, {self.errors} failed to open")
+
+
+@dataclass
 class Figure:
     rate: float
     p50: float
@@ -88,7 +103,9 @@ class Bench:
         from actors import WorkerConfig
         from actors._actor import KindActor
 
-        actor: Any = ray.remote(KindActor).options(num_cpus=0.25, max_concurrency=1000).remote("echo", WorkerConfig())
+        # The product's own echo actor: the same envelope, class name, concurrency and CPUs (AMI_ACTOR_CPUS).
+        echo = type("Echo", (KindActor,), {"__module__": KindActor.__module__})
+        actor: Any = ray.remote(echo).options(num_cpus=0.25, max_concurrency=1000).remote("echo", WorkerConfig())
         ray.get(actor.node_id.remote())
 
         async def load(concurrency: int, total: int) -> LoadResult:
@@ -119,6 +136,12 @@ class Bench:
                 self.log(f"    {result.summary()}")
                 results.append(result)
             figures[label] = Figure.median_of(results)
+        total = 2000 if self.quick else 8000
+        for window in (64, 256, 2048):  # the strongest raw baseline this machine gives: the best window
+            self.log(f"  raw Ray, one driver, {window} calls in flight")
+            results = [asyncio.run(load(window, total)) for _ in range(self.runs)]
+            figures[f"window {window}"] = Figure.median_of(results)
+            self.log(f"    {results[-1].summary()}")
         ray.kill(actor)
         return figures
 
@@ -189,39 +212,49 @@ class Bench:
 
     # --- connections ------------------------------------------------------------------------------
 
-    def connections(self) -> dict[int, tuple[int, float, bool]]:
+    def connections(self) -> dict[str, Held]:
+        """Idle sockets: server memory per connection (with and without permessage-deflate negotiated), as
+        many as the file limit allows, all answering, and a burst opened at once."""
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        counts = [1000, 2000] if self.quick else [1000, 10000]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # this process holds the client ends
+        many, most = (2000, 3000) if self.quick else (10_000, 18_000)
+        plans = [  # label, count, batch, compression, server environment
+            (f"{many:,} idle", many, 250, None, {}),
+            (f"{many:,} idle, clients asking for deflate (as browsers do)", many, 250, "deflate", {}),
+            (f"{many:,} idle, deflate negotiated (AMI_WS_DEFLATE=1, opt-in)", many, 250, "deflate",
+             {"AMI_WS_DEFLATE": "1"}),
+            (f"{most:,} idle (file limit {hard:,})", most, 250, None, {}),
+            (f"{many:,} opened at once", many, many, None, {}),
+        ]
         out = {}
-        for count in counts:
-            with server(*ECHO_ONLY, "--data-dir", str(self.tmp / "conns")) as running:
-                held, per, alive = asyncio.run(self._hold(running, count))
-                self.log(f"  {count} connections: {held} held, {per / 1024:.1f} KiB each, answering: {alive}")
-                out[count] = (held, per, alive)
+        for label, count, batch, compression, env in plans:
+            with server(*ECHO_ONLY, "--data-dir", str(self.tmp / "conns"), env=env) as running:
+                out[label] = asyncio.run(self._hold(running, count, batch, compression))
+                self.log(f"  {label}: {out[label]}")
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         return out
 
     @staticmethod
-    async def _hold(running: Any, count: int) -> tuple[int, float, bool]:
+    async def _hold(running: Any, count: int, batch: int, compression: str | None) -> Held:
         async with websockets.connect(running.ws_url) as probe:
             await probe.send("ping")
             await probe.recv()
         before = running.rss()
         sockets: list[Any] = []
-        for start in range(0, count, 250):
-            batch = await asyncio.gather(*(
-                websockets.connect(running.ws_url, ping_interval=None, compression=None)
-                for _ in range(start, min(count, start + 250))), return_exceptions=True)
-            sockets.extend(s for s in batch if not isinstance(s, BaseException))
+        errors = 0
+        for start in range(0, count, batch):
+            opened = await asyncio.gather(*(
+                websockets.connect(running.ws_url, ping_interval=None, compression=compression, open_timeout=60)
+                for _ in range(start, min(count, start + batch))), return_exceptions=True)
+            sockets.extend(s for s in opened if not isinstance(s, BaseException))
+            errors += sum(isinstance(s, BaseException) for s in opened)
         await asyncio.sleep(2)  # let the server settle before reading its memory
         after = running.rss()
-        sample = sockets[:: max(1, len(sockets) // 50)]
-        await asyncio.gather(*(s.send("ping") for s in sample))
-        answers = await asyncio.gather(*(asyncio.wait_for(s.recv(), 30) for s in sample), return_exceptions=True)
-        alive = all(isinstance(a, str) and "pong" in a for a in answers)
+        await asyncio.gather(*(s.send("ping") for s in sockets), return_exceptions=True)
+        answers = await asyncio.gather(*(asyncio.wait_for(s.recv(), 60) for s in sockets), return_exceptions=True)
+        alive = sum(isinstance(a, str) and "pong" in a for a in answers)
         await asyncio.gather(*(s.close() for s in sockets), return_exceptions=True)
-        return len(sockets), (after - before) / max(1, len(sockets)), alive
+        return Held(count, len(sockets), (after - before) / max(1, len(sockets)), alive, errors)
 
     # --- a client that never reads --------------------------------------------------------------
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from bench.measure import Figure
+from bench.measure import Figure, Held
 
 
 @dataclass
@@ -15,10 +15,15 @@ class Results:
     seconds: float
     shapes: list[str]
     stores: dict[str, dict[str, Figure]]
-    raw: dict[str, Figure]
+    raw: dict[str, Figure]  # by load shape, and by window ("window 2048") for one driver
     served: dict[str, Figure]
     polls: dict[str, list[float]]
-    conns: dict[int, tuple[int, float, bool]]
+    conns: dict[str, Held]
     slow: dict[str, float]
     audio: dict[str, Any]
     cold: list[float]
+
+    @property
+    def best_raw(self) -> Figure:
+        """Raw Ray's best jobs/s over the shapes and windows: what the product is held against."""
+        return max(self.raw.values(), key=lambda figure: figure.rate)
