@@ -14,6 +14,7 @@ from types import FrameType
 import uvicorn
 from starlette.applications import Starlette
 
+from server import preflight
 from server.access import redact_tokens_in_logs
 from server.app import announce, create_app, raise_file_limit, uvicorn_options
 from server.config import Settings, SettingsError
@@ -50,8 +51,8 @@ def _force_exit() -> None:
     os._exit(1)
 
 
-def run(settings: Settings) -> None:
-    """Serve until told to stop; Ray, the actors and the sockets are closed on the way out."""
+def run(settings: Settings, sock: socket.socket) -> None:
+    """Serve on `sock` until told to stop; Ray, the actors and the sockets are closed on the way out."""
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     raise_file_limit()
     app = create_app(settings)
@@ -64,19 +65,25 @@ def run(settings: Settings) -> None:
         **uvicorn_options(settings),
     )
     redact_tokens_in_logs()  # after uvicorn configured its loggers: its access log writes whole request lines
-    Server(config, settings, app).run()
+    Server(config, settings, app).run(sockets=[sock])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings.load(argv)
+        sock = preflight.listen_socket(settings)  # before Ray: its processes take ephemeral ports
+        settings = settings.replace(port=int(sock.getsockname()[1]))
+        if not settings.ray_address and settings.dashboard:
+            settings = settings.replace(dashboard_port=preflight.free_dashboard_port(settings))
+        preflight.check_store(settings)
+        preflight.check_ray_address(settings)
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     # uvicorn re-raises the signal that stopped it once it has shut down cleanly: exit 0 then.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: sys.exit(0))
-    run(settings)
+    run(settings, sock)
     return 0
 
 

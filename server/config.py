@@ -14,6 +14,8 @@ from typing import Any
 
 from actors import WorkerConfig
 
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
 
 class SettingsError(ValueError):
     """A setting has a value that cannot be used; the message names the variable."""
@@ -179,6 +181,7 @@ class Settings:
             (self.store in ("sqlite", "memory") or self.store.startswith(("redis://", "rediss://", "unix://")),
              "AMI_STORE", "must be 'sqlite', 'memory' or a redis:// URL"),
             (self.euro_url.startswith(("http://", "https://")), "AMI_EURO_URL", "must be an http(s) URL"),
+            (self.log_level.lower() in LOG_LEVELS, "AMI_LOG_LEVEL", f"must be one of {', '.join(LOG_LEVELS)}"),
         ]
         for ok, name, why in checks:
             if not ok:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import resource
 import signal
 import socket
@@ -140,3 +141,49 @@ def websocket_that_never_closes(port: int) -> SilentClient:
     client = SilentClient(f"ws://127.0.0.1:{port}/ws")
     client.send("ping")
     return client
+
+
+@pytest.mark.parametrize(("flags", "env", "line"), [
+    (("--log-level", "loud"), {}, "error: AMI_LOG_LEVEL must be one of critical, error, warning, info, debug"),
+    (("--store", "redis://127.0.0.1:{free}/0"), {}, "error: cannot reach the job store at redis://127.0.0.1:{free}/0 "
+                                                  "(AMI_STORE): "),
+    ((), {"RAY_ADDRESS": "127.0.0.1:{free}"},
+     "error: cannot reach the Ray cluster at 127.0.0.1:{free} (RAY_ADDRESS): "),
+    (("--port", "{busy}"), {}, "error: cannot listen on 127.0.0.1:{busy} (AMI_HOST, AMI_PORT): "),
+], ids=["log-level", "redis", "ray", "busy-port"])
+def test_a_server_that_cannot_run_says_why_in_one_line_before_ray_starts(
+        flags: tuple[str, ...], env: dict[str, str], line: str, tmp_path: Path) -> None:
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    values = {"free": str(free_port()), "busy": str(busy.getsockname()[1])}
+    try:
+        done = subprocess.run([sys.executable, "-m", "server", "--data-dir", str(tmp_path),
+                               *(flag.format(**values) for flag in flags)], cwd=ROOT, capture_output=True,
+                              text=True, timeout=60,
+                              env={**os.environ, **{k: v.format(**values) for k, v in env.items()}})
+    finally:
+        busy.close()
+    assert done.returncode == 2
+    [printed] = done.stderr.strip().splitlines()
+    assert printed.startswith(line.format(**values)), printed
+    assert "raylet" not in done.stdout + done.stderr and not (tmp_path / "ray-processes.json").exists()
+
+
+def test_a_busy_dashboard_port_moves_to_a_free_one(tmp_path: Path) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = free_port()
+    process = server_process("--port", str(port), "--dashboard-port", str(taken.getsockname()[1]),
+                             "--data-dir", str(tmp_path), "--pools", "audio.length=0,euro.results=0",
+                             "--ray-num-cpus", "1", "--object-store-mb", "100")
+    try:
+        line = process.wait_for_line(lambda text: text.startswith("Dashboard:"))
+        moved = int(line.split("http://127.0.0.1:")[1].split()[0].rstrip("/"))
+        assert moved != taken.getsockname()[1]
+        assert process.stop() == 0
+    finally:
+        taken.close()
+        if process.popen.poll() is None:
+            process.kill()
