@@ -158,6 +158,7 @@ class Services:
         for job in jobs:
             job.restarts += 1
             job.state = JobState.QUEUED
+            job.owner = self.owner  # it is this server's now (saved again below)
             self.table.add(job)
             if job.restarts > MAX_RESTARTS:
                 message = f"the server stopped {job.restarts - 1} times while this job ran; giving up"

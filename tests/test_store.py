@@ -60,8 +60,11 @@ def test_jobs_survive_reopening_with_their_results(make_store: Opener) -> None:
             assert (again.kind, again.args, again.ref, again.state, again.result) == (
                 "echo", {"x": [1, "two"]}, "r1", JobState.SUCCEEDED, {"x": [1, "two"]})
             assert result_frame(again)["status"] == "succeeded"
-            assert [job.id for job in await store.unfinished("a")] == [waiting.id]
-            assert [job.id for job in await store.unfinished("b")] == [other.id]
+            if isinstance(store, SqliteStore):  # one server opens a data dir at a time: it resumes all of it
+                assert [job.id for job in await store.unfinished("a")] == [waiting.id, other.id]
+            else:  # servers share Redis: each resumes its own
+                assert [job.id for job in await store.unfinished("a")] == [waiting.id]
+                assert [job.id for job in await store.unfinished("b")] == [other.id]
             assert await store.get("never-issued") is None
 
     run(scenario())
