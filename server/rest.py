@@ -10,8 +10,9 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from actors import InvalidArgs
@@ -228,6 +229,20 @@ async def get_pools(request: Request) -> JSONResponse:
     return JSONResponse({"pools": [pool.describe() for pool in services.dispatcher.pools.values()]})
 
 
+async def readyz(request: Request) -> JSONResponse:
+    """Ready to serve jobs: Ray reachable, the store writable, every pool's actors started (503 with why)."""
+    if (refused := unauthorized(request)) is not None:
+        return refused
+    reasons = request.app.state.services.readiness()
+    return JSONResponse({"ready": not reasons, "reasons": reasons}, status_code=503 if reasons else 200)
+
+
+async def metrics(request: Request) -> Response:
+    if (refused := unauthorized(request)) is not None:
+        return refused
+    return Response(request.app.state.services.metrics.text(), media_type=CONTENT_TYPE_LATEST)
+
+
 async def healthz(request: Request) -> JSONResponse:
     if (refused := unauthorized(request)) is not None:
         return refused
@@ -245,4 +260,6 @@ routes = [
     Route("/task/{task}", get_task),
     Route("/pools", get_pools),
     Route("/healthz", healthz),
+    Route("/readyz", readyz),
+    Route("/metrics", metrics),
 ]

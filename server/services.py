@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -16,6 +17,7 @@ from server.access import Access
 from server.config import Settings
 from server.errors import ConnectionFull, StoreUnavailable, UnknownKind
 from server.jobs import Job, JobState, Watcher
+from server.metrics import Metrics
 from server.protocol import kinds_frame
 from server.raysetup import RayInfo, ray_session, record_processes
 from server.store import ResultCache, Saved, Store, open_store, purge_forever
@@ -67,7 +69,8 @@ class Services:
         self.kinds: dict[str, JobKind] = {
             name: kind for name, kind in all_kinds().items() if not kind.optional or settings.enable_echo
         }
-        self.table = JobTable(store)
+        self.metrics = Metrics(self._pool_stats, lambda: len(self.sessions))
+        self.table = JobTable(store, self.metrics)
         self.dispatcher = make_dispatcher(settings, self.table, self.kinds, store)
         self._background: set[asyncio.Task[Any]] = set()
         self.sessions: set[Any] = set()  # the open sockets' sessions
@@ -77,6 +80,30 @@ class Services:
             for kind in self.kinds.values()
         ]
         self._kinds_frame = kinds_frame(self._kinds, None)
+
+    def _pool_stats(self) -> dict[str, tuple[int, int, int]]:
+        """Per kind: actors, jobs waiting for one, jobs running."""
+        stats = {}
+        for kind, pool in self.dispatcher.pools.items():
+            handles, pending, inflight = (getattr(pool, name, ()) for name in ("handles", "pending", "inflight"))
+            stats[kind] = (len(handles), len(pending), sum(inflight))
+        return stats
+
+    def readiness(self) -> list[str]:
+        """Why this server cannot serve jobs now (empty when it can): Ray, the store, the pools."""
+        reasons = []
+        if self.ray.owned or self.ray.address == "existing":
+            import ray
+
+            if not ray.is_initialized():
+                reasons.append("Ray is not connected")
+        if (problem := self.store.health()) is not None:
+            reasons.append(problem)
+        for kind, pool in self.dispatcher.pools.items():
+            started = getattr(pool, "nodes", None)
+            if started is not None and None in started:
+                reasons.append(f"{sum(node is None for node in started)} {kind} actors have not started yet")
+        return reasons
 
     def kinds_frame(self, ref: str | None) -> dict[str, Any]:
         return kinds_frame(self._kinds, ref) if ref is not None else self._kinds_frame
@@ -99,8 +126,15 @@ class Services:
             raise ConnectionFull(f"this connection has {origin.unfinished} unfinished jobs; wait for some results")
         self.dispatcher.check_capacity(kind.name)
         job = self.table.add(Job(kind.name, args, ref, owner=self.owner))
+        asked = time.perf_counter()
         saved = self.store.put(job)
-        saved.add_done_callback(lambda done: None if done.result() else self._withdraw(job))
+
+        def answered(done: asyncio.Future[bool]) -> None:
+            self.metrics.store_write(time.perf_counter() - asked)
+            if not done.result():
+                self._withdraw(job)
+
+        saved.add_done_callback(answered)
         self.run(job)
         return job, saved
 
@@ -197,6 +231,8 @@ async def services_context(settings: Settings, store: Store | None = None,
                      services.cancel_requested)
         await services.recover()
         services.spawn(purge_forever(store, settings.result_ttl))
+        if ray_info.owned or ray_info.address == "existing":
+            services.spawn(services.metrics.report_to_ray())
         if ray_info.processes_file is not None:
             services.spawn(_record_once_ready(services, ray_info.processes_file))
         stack.callback(lambda: [task.cancel() for task in services._background])

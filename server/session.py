@@ -153,6 +153,7 @@ class Session:
             self._cut_off()
             return
         self.queued += size
+        self.services.metrics.frames_out.inc()
         self._enqueue((text, size))
 
     def _refuse(self, ref: str | None) -> None:
@@ -207,6 +208,7 @@ class Session:
         return len(self.watching)
 
     async def receive_text(self, text: str) -> None:
+        self.services.metrics.frames_in.inc()
         limit = self.services.settings.max_frame_bytes
         if len(text) > limit or (len(text) * 4 > limit and len(text.encode()) > limit):  # UTF-8: <= 4 bytes a char
             self.push(error_frame(ErrorCode.TOO_LARGE, f"frame larger than {limit} bytes"))

@@ -5,13 +5,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from server.jobs import Job, JobState, Watcher
 from server.protocol import result_frame
 from server.store import JobStore
 
 log = logging.getLogger("server.table")
+
+
+class Observer(Protocol):
+    """Told of every job this server ended and of every result write (the metrics)."""
+
+    def job_ended(self, job: Job) -> None: ...
+
+    def store_write(self, seconds: float) -> None: ...
 
 
 class JobTable:
@@ -25,8 +33,9 @@ class JobTable:
     SAVE_RETRIES = 6  # a result the store could not save is tried again this many times (backing off)
     STORE_FAILED = "the job store could not save this job's result; it runs again when the server restarts"
 
-    def __init__(self, store: JobStore) -> None:
+    def __init__(self, store: JobStore, observer: Observer | None = None) -> None:
         self.store = store
+        self.observer = observer
         self.jobs: dict[str, Job] = {}
 
     def add(self, job: Job) -> Job:
@@ -91,7 +100,14 @@ class JobTable:
         return True
 
     def _save(self, job: Job, attempt: int) -> None:
-        self.store.finish(job).add_done_callback(lambda saved: self._saved(job, saved.result(), attempt))
+        asked = time.perf_counter()
+
+        def saved(done: asyncio.Future[bool]) -> None:
+            if self.observer is not None:
+                self.observer.store_write(time.perf_counter() - asked)
+            self._saved(job, done.result(), attempt)
+
+        self.store.finish(job).add_done_callback(saved)
 
     def _saved(self, job: Job, saved: bool, attempt: int) -> None:
         if saved:
@@ -108,6 +124,8 @@ class JobTable:
             self.jobs[job.id] = job  # the store would call it unfinished; this server answers for it instead
 
     def _publish(self, job: Job) -> None:
+        if self.observer is not None and not job.remote:
+            self.observer.job_ended(job)
         job.published = True
         watchers, job.watchers = job.watchers, {}
         self.jobs.pop(job.id, None)

@@ -344,3 +344,22 @@ def test_cancelling_a_running_job_logs_no_error(server: ServerThread, caplog: py
         gc.collect()  # asyncio reports an unretrieved exception when its future is collected
     errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
     assert errors == [], [record.getMessage() for record in errors]
+
+
+def test_readiness_says_when_the_store_cannot_save(flaky: tuple[ServerThread, FlakyStore]) -> None:
+    server, store = flaky
+    server.wait_ready()
+    assert requests.post(server.url + "/jobs", json={"kind": "echo", "args": {}}, timeout=30).status_code == 201
+    assert requests.get(server.url + "/readyz", timeout=30).status_code == 200  # a write succeeded since
+    store.fail_all.set()
+    try:
+        async def submit() -> dict[str, Any]:
+            async with await Client.connect(server.ws_url) as client:
+                await client.send({"op": "submit", "kind": "echo", "args": {}, "ref": "x"})
+                return await client.recv_until(lambda frame: frame.get("ref") == "x")
+
+        assert run(submit())["code"] == "busy"
+        ready = requests.get(server.url + "/readyz", timeout=30)
+        assert ready.status_code == 503 and "could not save" in " ".join(ready.json()["reasons"])
+    finally:
+        store.fail_all.clear()

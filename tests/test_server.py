@@ -371,3 +371,35 @@ def test_each_kinds_actors_carry_a_class_name_of_their_own(server: ServerThread)
     expected = {"audio.length": "AudioLength", "euro.results": "EuroResults", "echo": "Echo"}
     for kind, class_name in expected.items():
         assert all(classes[name] == {class_name} for name in pools[kind].names), (kind, classes)
+
+
+def test_metrics_and_readiness_for_operators(server: ServerThread) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        text = requests.get(f"{server.url}/metrics", timeout=10).text
+        return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+                for family in text_string_to_metric_families(text) for sample in family.samples}
+
+    server.wait_ready()
+    before = scrape()
+    succeeded = ("ami_jobs_total", (("kind", "echo"), ("status", "succeeded")))
+
+    async def scenario() -> None:
+        async with await Client.connect(server.ws_url) as client:
+            for n in range(5):
+                await client.result(await client.submit("echo", {"metrics": n}))
+            after = await asyncio.to_thread(scrape)
+            assert after[("ami_connections", ())] >= 1
+            assert after[succeeded] - before.get(succeeded, 0) == 5
+            assert after[("ami_frames_total", (("direction", "in"),))] > before.get(
+                ("ami_frames_total", (("direction", "in"),)), 0)
+            assert after[("ami_job_seconds_count", (("kind", "echo"),))] >= 5
+            assert after[("ami_store_seconds_count", ())] >= 10  # each job's save and its result's
+            assert after[("ami_pool_actors", (("kind", "echo"),))] == 2
+            assert ("ami_pool_queued", (("kind", "audio.length"),)) in after
+            assert all("job" not in dict(labels) for _, labels in after), "never a job id as a label"
+
+    run(scenario())
+    ready = requests.get(f"{server.url}/readyz", timeout=10)
+    assert ready.status_code == 200 and ready.json() == {"ready": True, "reasons": []}

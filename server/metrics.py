@@ -1,0 +1,97 @@
+"""What operators watch: Prometheus text on GET /metrics, and the job and pool series in Ray's own metrics
+(`ray.util.metrics`, shown by Ray's dashboard and its Prometheus). Labels are kinds and statuses, never job ids."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from server.jobs import Job
+
+log = logging.getLogger("server.metrics")
+
+JOB_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+STORE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5)
+RAY_EVERY = 5.0  # seconds between settings of Ray's pool gauges
+
+PoolStats = Callable[[], dict[str, tuple[int, int, int]]]  # kind -> (actors, queued, running)
+
+
+class _Live(Collector):
+    """Gauges read at scrape time: the pools and the open sockets."""
+
+    def __init__(self, pools: PoolStats, connections: Callable[[], int]) -> None:
+        self.pools = pools
+        self.connections = connections
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        families = {name: GaugeMetricFamily(f"ami_pool_{name}", help_text, labels=["kind"]) for name, help_text in (
+            ("actors", "actors in the kind's pool"), ("queued", "jobs waiting for an actor"),
+            ("running", "jobs running on the pool's actors"))}
+        for kind, values in self.pools().items():
+            for family, value in zip(families.values(), values, strict=True):
+                family.add_metric([kind], value)
+        yield from families.values()
+        yield GaugeMetricFamily("ami_connections", "open WebSocket connections", value=self.connections())
+
+
+class Metrics:
+    def __init__(self, pools: PoolStats, connections: Callable[[], int]) -> None:
+        self.pools = pools
+        self.registry = CollectorRegistry()
+        self.jobs = Counter("ami_jobs", "jobs ended, by kind and status", ["kind", "status"], registry=self.registry)
+        self.job_seconds = Histogram("ami_job_seconds", "submission to result", ["kind"], buckets=JOB_BUCKETS,
+                                     registry=self.registry)
+        self.frames = Counter("ami_frames", "WebSocket frames, by direction", ["direction"], registry=self.registry)
+        self.frames_in = self.frames.labels("in")
+        self.frames_out = self.frames.labels("out")
+        self.store_seconds = Histogram("ami_store_seconds", "a job store write, from asking to durable",
+                                       buckets=STORE_BUCKETS, registry=self.registry)
+        self.registry.register(_Live(pools, connections))
+        self.ray: dict[str, Any] = {}
+
+    def job_ended(self, job: Job) -> None:
+        self.jobs.labels(job.kind, str(job.state)).inc()
+        if job.finished_at is not None:
+            seconds = max(job.finished_at - job.created_at, 0.0)
+            self.job_seconds.labels(job.kind).observe(seconds)
+            if self.ray:
+                self.ray["jobs"].inc(1, tags={"kind": job.kind, "status": str(job.state)})
+                self.ray["seconds"].observe(seconds, tags={"kind": job.kind})
+
+    def store_write(self, seconds: float) -> None:
+        self.store_seconds.observe(seconds)
+
+    def text(self) -> bytes:
+        return generate_latest(self.registry)
+
+    async def report_to_ray(self) -> None:
+        """The same job and pool series in Ray's metrics, the pool gauges set again every RAY_EVERY seconds."""
+        from ray.util import metrics as ray_metrics
+
+        try:
+            self.ray = {
+                "jobs": ray_metrics.Counter("ami_jobs_total", "jobs ended", tag_keys=("kind", "status")),
+                "seconds": ray_metrics.Histogram("ami_job_seconds", "submission to result", boundaries=list(
+                    JOB_BUCKETS), tag_keys=("kind",)),
+                "actors": ray_metrics.Gauge("ami_pool_actors", "actors in the pool", tag_keys=("kind",)),
+                "queued": ray_metrics.Gauge("ami_pool_queued", "jobs waiting", tag_keys=("kind",)),
+                "running": ray_metrics.Gauge("ami_pool_running", "jobs running", tag_keys=("kind",)),
+            }
+        except Exception:  # metrics are for operators: their failure must never stop the service
+            log.exception("Ray's metrics are not available; /metrics still is")
+            return
+        while True:
+            with contextlib.suppress(Exception):
+                for kind, (actors, queued, running) in self.pools().items():
+                    self.ray["actors"].set(actors, tags={"kind": kind})
+                    self.ray["queued"].set(queued, tags={"kind": kind})
+                    self.ray["running"].set(running, tags={"kind": kind})
+            await asyncio.sleep(RAY_EVERY)
