@@ -55,7 +55,7 @@ def write_report(results: Results, path: Path) -> None:
         "deployment calling a downstream echo deployment (`bench/serve_app.py`).",
         "",
         "| path | load | jobs/s | p50 ms | p99 ms | vs raw Ray, same load | vs raw Ray's best |",
-        "|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|",
     ]
     rows = [("raw Ray", raw), ("Ray Serve WebSocket", served)] + [(f"product, {name} store", figures)
                                                                   for name, figures in stores.items()]

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -56,15 +55,16 @@ class Metrics:
                                        buckets=STORE_BUCKETS, registry=self.registry)
         self.registry.register(_Live(pools, connections))
         self.ray: dict[str, Any] = {}
+        self._for_ray: list[tuple[str, str, float]] = []  # jobs ended since Ray's metrics were last told
 
     def job_ended(self, job: Job) -> None:
-        self.jobs.labels(job.kind, str(job.state)).inc()
+        status = str(job.state)
+        self.jobs.labels(job.kind, status).inc()
         if job.finished_at is not None:
             seconds = max(job.finished_at - job.created_at, 0.0)
             self.job_seconds.labels(job.kind).observe(seconds)
-            if self.ray:
-                self.ray["jobs"].inc(1, tags={"kind": job.kind, "status": str(job.state)})
-                self.ray["seconds"].observe(seconds, tags={"kind": job.kind})
+            if self.ray:  # handed to Ray every RAY_EVERY seconds: a Ray metric call per job costs throughput
+                self._for_ray.append((job.kind, status, seconds))
 
     def store_write(self, seconds: float) -> None:
         self.store_seconds.observe(seconds)
@@ -89,9 +89,22 @@ class Metrics:
             log.exception("Ray's metrics are not available; /metrics still is")
             return
         while True:
-            with contextlib.suppress(Exception):
-                for kind, (actors, queued, running) in self.pools().items():
-                    self.ray["actors"].set(actors, tags={"kind": kind})
-                    self.ray["queued"].set(queued, tags={"kind": kind})
-                    self.ray["running"].set(running, tags={"kind": kind})
+            ended, self._for_ray = self._for_ray, []
+            pools = self.pools()
+            try:  # in a thread: thousands of Ray metric calls must not hold up the event loop
+                await asyncio.to_thread(self._tell_ray, ended, pools)
+            except Exception:
+                log.exception("Ray's metrics could not be updated")
             await asyncio.sleep(RAY_EVERY)
+
+    def _tell_ray(self, ended: list[tuple[str, str, float]], pools: dict[str, tuple[int, int, int]]) -> None:
+        counts: dict[tuple[str, str], int] = {}
+        for kind, status, seconds in ended:
+            counts[kind, status] = counts.get((kind, status), 0) + 1
+            self.ray["seconds"].observe(seconds, tags={"kind": kind})
+        for (kind, status), count in counts.items():
+            self.ray["jobs"].inc(count, tags={"kind": kind, "status": status})
+        for kind, (actors, queued, running) in pools.items():
+            self.ray["actors"].set(actors, tags={"kind": kind})
+            self.ray["queued"].set(queued, tags={"kind": kind})
+            self.ray["running"].set(running, tags={"kind": kind})
