@@ -65,6 +65,10 @@ class Settings:
         metadata=_env("AMI_OLD_API_STARTED", "the old GET /task says STARTED for running tasks (Celery's "
                                              "track_started); off: PENDING until finished, as old clients saw"),
     )
+    lease_ttl: float = field(
+        default=15.0,
+        metadata=_env("AMI_LEASE_TTL", "seconds a server's Redis lease lasts; others adopt its jobs once it ran out"),
+    )
     auth_timeout: float = field(
         default=5.0, metadata=_env("AMI_AUTH_TIMEOUT", "seconds a socket without a token has to send 'auth'")
     )
@@ -174,6 +178,7 @@ class Settings:
             (self.max_outbox_bytes >= 4096, "AMI_MAX_OUTBOX_BYTES", "must be at least 4096"),
             (self.shutdown_timeout > 0, "AMI_SHUTDOWN_TIMEOUT", "must be positive"),
             (self.auth_timeout > 0, "AMI_AUTH_TIMEOUT", "must be positive"),
+            (self.lease_ttl >= 0.5, "AMI_LEASE_TTL", "must be at least 0.5"),
             (self.max_audio_bytes >= 1024, "AMI_MAX_AUDIO_BYTES", "must be at least 1024"),
             (self.fetch_timeout > 0, "AMI_FETCH_TIMEOUT", "must be positive"),
             (self.job_timeout > 0, "AMI_JOB_TIMEOUT", "must be positive"),

@@ -190,19 +190,39 @@ class Services:
         """Run again the jobs this server had accepted but not finished when it last stopped."""
         jobs = await self.store.unfinished(self.owner)
         for job in jobs:
-            job.restarts += 1
-            job.state = JobState.QUEUED
-            job.owner = self.owner  # it is this server's now (saved again below)
-            self.table.add(job)
-            if job.restarts > MAX_RESTARTS:
-                message = f"the server stopped {job.restarts - 1} times while this job ran; giving up"
-                error = {"code": str(JobErrorCode.WORKER_LOST), "message": message}
-                self.table.finish(job, JobState.FAILED, error=error)
-            else:
-                self.store.put(job).add_done_callback(lambda _, job=job: self.run(job))  # type: ignore[misc]
+            self._resume(job)
         if jobs:
             log.info("resubmitted %d jobs left unfinished by the last run", len(jobs))
         return len(jobs)
+
+    async def adopt_forever(self, every: float) -> None:
+        """Take over, and run, the unfinished jobs of servers sharing the store whose lease ran out."""
+        while True:
+            try:
+                jobs = await self.store.adopt(self.owner)
+            except Exception:
+                log.exception("looking for jobs of dead servers failed")
+                jobs = []
+            for job in jobs:
+                self._resume(job)
+            if jobs:
+                log.warning("adopted %d unfinished jobs of servers that stopped answering", len(jobs))
+            await asyncio.sleep(every)
+
+    def _resume(self, saved: Job) -> None:
+        """Run a job that a stopped server left unfinished (this one's before a restart, or a dead one's)."""
+        job = self.table.get(saved.id) or saved  # someone here may already watch it (followed as remote)
+        job.remote, job.running, job.result, job.error = False, None, None, None
+        job.restarts = saved.restarts + 1
+        job.state = JobState.QUEUED
+        job.owner = self.owner  # it is this server's now (saved again below)
+        self.table.add(job)
+        if job.restarts > MAX_RESTARTS:
+            message = f"the server stopped {job.restarts - 1} times while this job ran; giving up"
+            error = {"code": str(JobErrorCode.WORKER_LOST), "message": message}
+            self.table.finish(job, JobState.FAILED, error=error)
+        else:
+            self.store.put(job).add_done_callback(lambda _: self.run(job))
 
 
 @asynccontextmanager
@@ -221,7 +241,8 @@ async def services_context(settings: Settings, store: Store | None = None,
         else:
             ray_info = RayInfo(False, settings.dashboard_url, "none")
         if store is None:
-            store = open_store(settings.store, settings.data_dir, settings.result_ttl, settings.max_finished_jobs)
+            store = open_store(settings.store, settings.data_dir, settings.result_ttl, settings.max_finished_jobs,
+                               settings.lease_ttl)
         await store.open()
         stack.push_async_callback(store.close)
         services = Services(settings, ray_info, store, make_dispatcher)
@@ -229,7 +250,9 @@ async def services_context(settings: Settings, store: Store | None = None,
         stack.push_async_callback(services.dispatcher.close)
         store.listen(lambda job_id: services.spawn(services.table.remote_finished(job_id)),
                      services.cancel_requested)
+        services.spawn(store.hold_lease(services.owner))
         await services.recover()
+        services.spawn(services.adopt_forever(settings.lease_ttl / 2))
         services.spawn(purge_forever(store, settings.result_ttl))
         if ray_info.owned or ray_info.address == "existing":
             services.spawn(services.metrics.report_to_ray())

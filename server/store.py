@@ -52,6 +52,10 @@ class JobStore(Protocol):
 
     async def purge(self, before: float) -> int: ...
 
+    async def hold_lease(self, owner: str) -> None: ...
+
+    async def adopt(self, owner: str) -> list[Job]: ...
+
 
 class ResultCache(Protocol):
     """Results of cacheable kinds, reused for the same args."""
@@ -135,6 +139,13 @@ class Store:
         return None if record is None else from_record(record)
 
     async def unfinished(self, owner: str) -> list[Job]:
+        return []
+
+    async def hold_lease(self, owner: str) -> None:
+        """Say, for as long as this runs, that `owner` is alive (shared stores; others adopt a dead one's jobs)."""
+
+    async def adopt(self, owner: str) -> list[Job]:
+        """Unfinished jobs of servers whose lease ran out, now `owner`'s (one adopter per job); shared stores."""
         return []
 
     async def purge(self, before: float) -> int:
@@ -360,10 +371,12 @@ class RedisStore(Store):
     FINISHED = "ami:finished"
     CANCEL = "ami:cancel"
 
-    def __init__(self, url: str, ttl: float) -> None:
+    def __init__(self, url: str, ttl: float, lease_ttl: float = 15.0) -> None:
         super().__init__()
         self.url = url
         self.ttl = int(ttl)
+        self.lease_ttl = lease_ttl
+        self._held: set[str] = set()  # owners whose lease this store renews
         self._pending: list[tuple[Callable[[Any], None], Saved | None]] = []
         self._flushing: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
@@ -376,6 +389,11 @@ class RedisStore(Store):
         await self.client.ping()
 
     async def close(self) -> None:
+        # A server that stops in order lets the others adopt its unfinished jobs at once; a dead one's lease
+        # runs out after AMI_LEASE_TTL.
+        for owner in list(self._held):
+            with contextlib.suppress(Exception):
+                await self.client.delete(self._lease(owner))
         if self._listener is not None:
             self._listener.cancel()
             await asyncio.gather(self._listener, return_exceptions=True)
@@ -465,6 +483,37 @@ class RedisStore(Store):
         jobs = [await self.get(job_id) for job_id in ids]
         return sorted((job for job in jobs if job is not None and not job.finished), key=lambda job: job.created_at)
 
+    @staticmethod
+    def _lease(owner: str) -> str:
+        return f"ami:lease:{owner}"
+
+    async def hold_lease(self, owner: str) -> None:
+        self._held.add(owner)  # kept: `close` gives the lease up, whether or not this task still runs then
+        while True:
+            try:
+                await self.client.set(self._lease(owner), "alive", px=int(self.lease_ttl * 1000))
+            except Exception:
+                log.exception("the lease of %s could not be renewed", owner)
+            await asyncio.sleep(self.lease_ttl / 3)
+
+    async def adopt(self, owner: str) -> list[Job]:
+        mine = f"ami:unfinished:{owner}"
+        adopted = []
+        async for key in self.client.scan_iter(match="ami:unfinished:*", count=100):
+            name = key.decode() if isinstance(key, bytes) else str(key)
+            other = name.removeprefix("ami:unfinished:")
+            if other == owner or await self.client.exists(self._lease(other)):
+                continue
+            for member in await self.client.smembers(name):
+                job_id = member.decode() if isinstance(member, bytes) else str(member)
+                if await self.client.smove(name, mine, job_id):  # atomic: one adopter per job
+                    job = await self.get(job_id)
+                    if job is not None and not job.finished:
+                        adopted.append(job)
+                    else:
+                        await self.client.srem(mine, job_id)
+        return adopted
+
     def listen(self, on_finished: Callable[[str], None], on_cancel: Callable[[str], None]) -> None:
         ready = self.loop.create_future()
 
@@ -491,12 +540,13 @@ class RedisStore(Store):
         self.loop.create_task(publish())
 
 
-def open_store(kind: str, data_dir: Path, ttl: float, max_finished: int = 100_000) -> Store:
+def open_store(kind: str, data_dir: Path, ttl: float, max_finished: int = 100_000, lease_ttl: float = 15.0
+               ) -> Store:
     if kind == "memory":
         return Store(max_finished)
     if kind == "sqlite":
         return SqliteStore(data_dir / "jobs.sqlite3")
-    return RedisStore(kind, ttl)
+    return RedisStore(kind, ttl, lease_ttl)
 
 
 async def purge_forever(store: Store, ttl: float, every: float = 3600.0) -> None:

@@ -155,3 +155,45 @@ def test_a_published_draw_is_fetched_once_even_across_restarts(ray_session: None
         assert again["status"] == "succeeded" and again["result"]["stars"] == [1, 2]
         assert run(ask(second.ws_url, "2024-04-02"))["result"]["numbers"] == [1, 2, 3, 4, 5], "failures are not kept"
     assert [path.rsplit("/", 1)[1] for path in hits] == ["05-04-2024", "02-04-2024", "02-04-2024"]
+
+
+def test_a_stopped_servers_unfinished_jobs_are_adopted_and_each_result_comes_once(
+        ray_session: None, http: FixtureHTTP, redis_url: str, tmp_path: Path) -> None:
+    import threading
+
+    store = redis.Redis.from_url(redis_url)
+    store.flushdb()
+    a = ServerThread(settings_for(http, tmp_path / "a", pools=ECHO_ONLY, store=redis_url, server_id="a",
+                                  lease_ttl=1.0))
+    b_settings = settings_for(http, tmp_path / "b", pools=ECHO_ONLY, store=redis_url, server_id="b", lease_ttl=1.0)
+    with ServerThread(b_settings) as b:
+        with a:
+            async def submit() -> list[str]:
+                async with await Client.connect(a.ws_url) as client:
+                    return [await client.submit("echo", {"n": n, "delay_ms": 1500}) for n in range(5)]
+
+            jobs = run(submit())
+            watching = threading.Event()
+            seen: list[dict[str, Any]] = []
+
+            async def watch_on_b() -> None:
+                async with await Client.connect(b.ws_url) as client:
+                    await client.send({"op": "watch", "jobs": jobs})
+                    await client.send({"op": "ping", "ref": "watching"})
+                    await client.recv_until(lambda frame: frame.get("ref") == "watching")
+                    watching.set()
+                    while len(seen) < len(jobs):
+                        seen.append(await client.recv(timeout=60))
+                    await client.send({"op": "ping", "ref": "after"})
+                    assert (await client.recv()) == {"type": "pong", "ref": "after"}, "no result came twice"
+
+            watcher = threading.Thread(target=run, args=(watch_on_b(),), kwargs={"timeout": 90})
+            watcher.start()
+            assert watching.wait(30)
+        # A has stopped: its actors are gone and its jobs unfinished; B adopts and runs them.
+        watcher.join(90)
+        assert not watcher.is_alive()
+    assert sorted(frame["job"] for frame in seen) == sorted(jobs)
+    assert all(frame["status"] == "succeeded" for frame in seen)
+    assert sorted(frame["result"]["n"] for frame in seen) == list(range(5))
+    assert store.scard("ami:unfinished:a") == 0 and store.scard("ami:unfinished:b") == 0
