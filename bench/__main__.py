@@ -1,12 +1,14 @@
 """`make bench`: every figure of BENCHMARKS.md, measured on this machine in one run.
 
     python -m bench [--quick] [--out BENCHMARKS.md]
+    python -m bench scale --servers 1,2,4     (N servers on one Ray cluster: bench/SCALE.md)
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +21,11 @@ from bench.servers import redis_server
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["scale"]:
+        from bench.scale import main as scale
+
+        scale()
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="one short run of each figure (a smoke run)")
     parser.add_argument("--out", default="BENCHMARKS.md")

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.cluster
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[dict[str, Any]]:
-    nodes = Process([sys.executable, "-m", "tests.cluster_nodes"])
+    nodes = Process([sys.executable, "-m", "bench.cluster"])
     try:
         yield json.loads(nodes.wait_for_line(lambda line: line.startswith("{"), timeout=180))
     finally:

@@ -1,7 +1,9 @@
-"""A Ray cluster of a head (no CPUs, so no actors) and two worker nodes on this machine.
+"""A Ray cluster on this machine: a head with no CPUs (so no actors) and worker nodes (tests and `bench scale`).
 
-Run as a script: prints one JSON line with the address and node ids, then runs until its
-standard input closes, then shuts the cluster down."""
+    python -m bench.cluster [WORKERS [CPUS_EACH]]      (default: 2 workers of 1 CPU)
+
+Prints one JSON line with the address and node ids, runs until its standard input closes, then shuts the
+cluster down."""
 
 from __future__ import annotations
 
@@ -18,7 +20,9 @@ def main() -> None:
         initialize_head=True,
         head_node_args={"num_cpus": 0, "include_dashboard": False, "object_store_memory": 100 * MiB},
     )
-    workers = [cluster.add_node(num_cpus=1, object_store_memory=100 * MiB) for _ in range(2)]
+    count = int(sys.argv[1]) if len(sys.argv) > 1 else 2
+    cpus = float(sys.argv[2]) if len(sys.argv) > 2 else 1
+    workers = [cluster.add_node(num_cpus=cpus, object_store_memory=100 * MiB) for _ in range(count)]
     cluster.wait_for_nodes()
     print(json.dumps({
         "address": cluster.address,
