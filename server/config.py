@@ -48,9 +48,21 @@ class Settings:
         metadata=_env("AMI_ALLOW_PRIVATE_URLS", "allow user URLs that resolve to loopback/private addresses"),
     )
     enable_echo: bool = field(default=False, metadata=_env("AMI_ENABLE_ECHO", "enable the echo kind"))
-    pools: tuple[tuple[str, int], ...] = field(
+    pools: tuple[tuple[Any, ...], ...] = field(
         default=(),
-        metadata=_env("AMI_POOLS", "actor pool sizes, e.g. 'audio.length=2,euro.results=1'", flag="pools"),
+        metadata=_env("AMI_POOLS", "actor pools: 'kind=N' (fixed) or 'kind=MIN..MAX' (autoscaled), comma-separated, "
+                                   "e.g. 'audio.length=1..4,euro.results=1'", flag="pools"),
+    )
+    pool_target_per_actor: int | None = field(
+        default=None,
+        metadata=_env("AMI_POOL_TARGET_PER_ACTOR", "unfinished jobs per actor an autoscaled pool aims at; unset: "
+                                                   "the kind's concurrency"),
+    )
+    pool_upscale_delay_s: float = field(
+        default=2.0, metadata=_env("AMI_POOL_UPSCALE_DELAY_S", "seconds over target before a pool grows"),
+    )
+    pool_downscale_delay_s: float = field(
+        default=60.0, metadata=_env("AMI_POOL_DOWNSCALE_DELAY_S", "seconds under target before a pool shrinks by one"),
     )
     tokens: tuple[str, ...] = field(
         default=(), metadata=_env("AMI_TOKENS", "comma-separated tokens clients must present; unset: no tokens")
@@ -139,8 +151,12 @@ class Settings:
         """Servers sharing a cluster each keep their actors (audio-0, ...) in a namespace of their own."""
         return self.namespace or "ami-" + re.sub(r"[^A-Za-z0-9_.-]", "-", self.identity)
 
-    def pool_size(self, kind: str, default: int) -> int:
-        return dict(self.pools).get(kind, default)
+    def pool_bounds(self, kind: str, default: int) -> tuple[int, int]:
+        """(MIN, MAX) actors of a kind's pool: equal for a fixed pool."""
+        for name, *size in self.pools:
+            if name == kind:
+                return (size[0], size[-1])
+        return (default, default)
 
     def worker_config(self) -> WorkerConfig:
         return WorkerConfig(
@@ -179,6 +195,10 @@ class Settings:
             (self.shutdown_timeout > 0, "AMI_SHUTDOWN_TIMEOUT", "must be positive"),
             (self.auth_timeout > 0, "AMI_AUTH_TIMEOUT", "must be positive"),
             (self.lease_ttl >= 0.5, "AMI_LEASE_TTL", "must be at least 0.5"),
+            (self.pool_target_per_actor is None or self.pool_target_per_actor >= 1, "AMI_POOL_TARGET_PER_ACTOR",
+             "must be at least 1"),
+            (self.pool_upscale_delay_s >= 0 and self.pool_downscale_delay_s >= 0, "AMI_POOL_UPSCALE_DELAY_S",
+             "and AMI_POOL_DOWNSCALE_DELAY_S must not be negative"),
             (self.max_audio_bytes >= 1024, "AMI_MAX_AUDIO_BYTES", "must be at least 1024"),
             (self.fetch_timeout > 0, "AMI_FETCH_TIMEOUT", "must be positive"),
             (self.job_timeout > 0, "AMI_JOB_TIMEOUT", "must be positive"),
@@ -220,13 +240,15 @@ def _convert(f: dataclasses.Field[Any], raw: Any, name: str) -> Any:
         raise SettingsError(f"{name}: cannot use {text!r} ({f.metadata['help']})") from None
 
 
-def _parse_pools(text: str) -> tuple[tuple[str, int], ...]:
+def _parse_pools(text: str) -> tuple[tuple[str, int, int], ...]:
     pools = []
     for item in filter(None, (part.strip() for part in text.split(","))):
         kind, _, size = item.partition("=")
-        if not kind or int(size) < 0:
+        low, dots, high = size.partition("..")
+        least, most = int(low), int(high if dots else low)
+        if not kind or least < 0 or most < least:
             raise ValueError
-        pools.append((kind.strip(), int(size)))
+        pools.append((kind.strip(), least, most))
     return tuple(pools)
 
 

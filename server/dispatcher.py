@@ -23,34 +23,60 @@ from server.table import JobTable
 log = logging.getLogger("server.dispatcher")
 
 MAX_ATTEMPTS = 3  # calls of one job cut off by a dying actor before it fails as worker_lost
+SCALE_EVERY = 0.25  # seconds between looks at the autoscaled pools
 
 
 @dataclass(eq=False)
 class Pool:
+    """A kind's actors. Slots are never removed, only retired and reused, so the index a running job holds
+    stays valid; an autoscaled pool keeps between `least` and `most` of them alive."""
+
     kind: JobKind
     names: list[str]
     handles: list[Any]
     capacity: int
+    least: int = 0
+    most: int = 0
     inflight: list[int] = field(default_factory=list)
     pending: deque[Job] = field(default_factory=deque)
     nodes: list[str | None] = field(default_factory=list)
+    alive: list[bool] = field(default_factory=list)
+    target: int = 0
+    over_since: float | None = None  # when the pool first wanted more actors than it has
+    under_since: float | None = None  # when it first wanted fewer
+    created: int = 0  # actors ever made: each new one gets a fresh name
 
     def __post_init__(self) -> None:
         self.inflight = [0] * len(self.handles)
         self.nodes = [None] * len(self.handles)
+        self.alive = [True] * len(self.handles)
+        self.created = len(self.handles)
+        self.least = self.least or len(self.handles)
+        self.most = max(self.most, self.least)
+        self.target = len(self.handles)
+
+    @property
+    def size(self) -> int:
+        return sum(self.alive)
 
     def free_actor(self) -> int | None:
-        """The least-loaded actor with a free slot, if any."""
-        best = min(range(len(self.inflight)), key=self.inflight.__getitem__)
+        """The least-loaded live actor with a free slot, if any."""
+        live = [index for index, alive in enumerate(self.alive) if alive]
+        if not live:
+            return None
+        best = min(live, key=self.inflight.__getitem__)
         return best if self.inflight[best] < self.capacity else None
 
     def describe(self) -> dict[str, Any]:
         return {
             "kind": self.kind.name,
             "pending": len(self.pending),
+            "target": self.target,
+            "bounds": {"min": self.least, "max": self.most},
             "actors": [
                 {"name": name, "inflight": busy, "capacity": self.capacity, "node_id": node}
-                for name, busy, node in zip(self.names, self.inflight, self.nodes, strict=True)
+                for name, busy, node, alive in zip(self.names, self.inflight, self.nodes, self.alive, strict=True)
+                if alive
             ],
         }
 
@@ -73,47 +99,120 @@ class Dispatcher:
         self.pools: dict[str, Pool] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watch_ready: asyncio.Task[None] | None = None
+        self._scaler: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._classes: dict[str, Any] = {}  # kind -> its actor class
         self.closing = False  # once set, calls cut off by the shutdown leave their jobs unfinished
 
     def start(self) -> None:
         """Create every pool's actors; they warm up on their own while jobs already queue at them."""
         self._loop = asyncio.get_running_loop()
-        config = self.settings.worker_config()
         for kind in self.kinds.values():
+            least, most = self.settings.pool_bounds(kind.name, kind.pool.size)
+            if most <= 0:
+                continue
             # The one envelope, named after the kind's worker (AudioLength, EuroResults): Ray's dashboard and
             # its per-class metrics then tell the kinds apart.
             envelope = type(kind.worker.__name__, (KindActor,), {"__module__": KindActor.__module__})
-            actor_class: Any = ray.remote(envelope)
-            size = self.settings.pool_size(kind.name, kind.pool.size)
-            if size <= 0:
-                continue
-            names = [f"{kind.actor_name}-{index}" for index in range(size)]
-            handles = [
-                actor_class.options(
-                    name=name,
-                    namespace=self.settings.ray_namespace,
-                    num_cpus=kind.pool.num_cpus or self.settings.actor_cpus,
-                    max_concurrency=kind.pool.max_concurrency,
-                    max_restarts=-1,
-                    max_task_retries=0,
-                ).remote(kind.name, config)
-                for name in names
-            ]
-            self.pools[kind.name] = Pool(kind, names, handles, kind.pool.max_concurrency)
+            self._classes[kind.name] = ray.remote(envelope)
+            names = [f"{kind.actor_name}-{index}" for index in range(least)]
+            pool = Pool(kind, names, [self._actor(kind, name) for name in names], kind.pool.max_concurrency,
+                        least, most)
+            self.pools[kind.name] = pool
         self._watch_ready = asyncio.create_task(self._record_nodes())
+        if any(pool.most > pool.least for pool in self.pools.values()):
+            self._scaler = asyncio.create_task(self._autoscale())
+
+    def _actor(self, kind: JobKind, name: str) -> Any:
+        return self._classes[kind.name].options(
+            name=name,
+            namespace=self.settings.ray_namespace,
+            num_cpus=kind.pool.num_cpus or self.settings.actor_cpus,
+            max_concurrency=kind.pool.max_concurrency,
+            max_restarts=-1,
+            max_task_retries=0,
+            scheduling_strategy="SPREAD",  # over the cluster's nodes, so losing one loses few
+        ).remote(kind.name, self.settings.worker_config())
+
+    def _add_actor(self, pool: Pool) -> None:
+        """One more live actor: in a retired slot if there is one (its index is free), else a new slot."""
+        name = f"{pool.kind.actor_name}-{pool.created}"
+        pool.created += 1
+        handle = self._actor(pool.kind, name)
+        retired = next((index for index, alive in enumerate(pool.alive) if not alive and not pool.inflight[index]),
+                       None)
+        if retired is None:
+            pool.names.append(name)
+            pool.handles.append(handle)
+            pool.inflight.append(0)
+            pool.nodes.append(None)
+            pool.alive.append(True)
+            retired = len(pool.handles) - 1
+        else:
+            pool.names[retired], pool.handles[retired], pool.nodes[retired] = name, handle, None
+            pool.alive[retired] = True
+        self._spawn(self._record_node(pool, retired, handle))
+        log.info("pool %s grew to %d actors (%s)", pool.kind.name, pool.size, name)
+
+    def _retire(self, pool: Pool, index: int, kill: bool = True) -> None:
+        pool.alive[index] = False
+        if kill:
+            ray.kill(pool.handles[index], no_restart=True)
+
+    async def _autoscale(self) -> None:
+        """Grow a pool whose unfinished jobs per actor exceed the target for the upscale delay; shrink it by one
+        idle actor after the downscale delay with too little work; never beyond its bounds."""
+        while not self.closing:
+            now = asyncio.get_running_loop().time()
+            for pool in self.pools.values():
+                if pool.most > pool.least:
+                    self._scale(pool, now)
+            await asyncio.sleep(SCALE_EVERY)
+
+    def _scale(self, pool: Pool, now: float) -> None:
+        per_actor = self.settings.pool_target_per_actor or pool.capacity
+        unfinished = len(pool.pending) + sum(pool.inflight)
+        pool.target = min(max(-(-unfinished // per_actor), pool.least), pool.most)
+        if pool.target > pool.size:
+            pool.under_since = None
+            pool.over_since = pool.over_since if pool.over_since is not None else now
+            if now - pool.over_since >= self.settings.pool_upscale_delay_s:
+                while pool.size < pool.target:
+                    self._add_actor(pool)
+                pool.over_since = None
+                self._pump(pool)
+        elif pool.target < pool.size:
+            pool.over_since = None
+            pool.under_since = pool.under_since if pool.under_since is not None else now
+            idle = [index for index, alive in enumerate(pool.alive) if alive and not pool.inflight[index]]
+            if idle and now - pool.under_since >= self.settings.pool_downscale_delay_s:
+                self._retire(pool, idle[-1])  # never an actor that is running a job
+                pool.under_since = now  # the next one waits its turn
+                log.info("pool %s shrank to %d actors", pool.kind.name, pool.size)
+        else:
+            pool.over_since = pool.under_since = None
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _record_nodes(self) -> None:
-        async def record(pool: Pool, index: int, ref: Any) -> None:
-            try:
-                pool.nodes[index] = await ref
-            except Exception as exc:  # an actor that cannot start shows up in /pools and the log
-                log.error("actor %s did not start: %s", pool.names[index], exc)
-
         await asyncio.gather(*(
-            record(pool, index, handle.node_id.remote())
+            self._record_node(pool, index, handle)
             for pool in self.pools.values()
             for index, handle in enumerate(pool.handles)
         ))
+
+    @staticmethod
+    async def _record_node(pool: Pool, index: int, handle: Any) -> None:
+        try:
+            node = await handle.node_id.remote()
+        except Exception as exc:  # an actor that cannot start shows up in /pools and the log
+            log.error("actor %s did not start: %s", pool.names[index], exc)
+            return
+        if pool.handles[index] is handle:
+            pool.nodes[index] = node
 
     async def ready(self) -> None:
         """Wait until every actor has started (and warmed up)."""
@@ -123,11 +222,13 @@ class Dispatcher:
     async def close(self) -> None:
         """Stop the actors; jobs still running stay unfinished in the store, for the next start to run."""
         self.closing = True
-        if self._watch_ready is not None:
-            self._watch_ready.cancel()
+        for task in (self._watch_ready, self._scaler, *self._tasks):
+            if task is not None:
+                task.cancel()
         for pool in self.pools.values():
-            for handle in pool.handles:
-                ray.kill(handle, no_restart=True)
+            for handle, alive in zip(pool.handles, pool.alive, strict=True):
+                if alive:
+                    ray.kill(handle, no_restart=True)
         self.pools.clear()
 
     def check_capacity(self, kind: str) -> None:
@@ -200,13 +301,18 @@ class Dispatcher:
         if isinstance(running, Running) and running.actor == actor:
             running.timer.cancel()
         if not job.finished:
-            self._settle(pool, job, future)
+            self._settle(pool, job, actor, future)
         self._pump(pool)
 
-    def _settle(self, pool: Pool, job: Job, future: asyncio.Future[Any]) -> None:
+    def _settle(self, pool: Pool, job: Job, actor: int, future: asyncio.Future[Any]) -> None:
         try:
             outcome = future.result()
         except (ActorDiedError, ActorUnavailableError, RayActorError) as exc:
+            if isinstance(exc, ActorDiedError) and pool.alive[actor] and not self.closing:
+                # Dead for good (killed, or Ray gave up restarting it): replaced, so the pool keeps its size.
+                log.warning("actor %s is gone; starting another", pool.names[actor])
+                self._retire(pool, actor, kill=False)
+                self._add_actor(pool)
             if job.attempts < MAX_ATTEMPTS:
                 log.warning("actor died under job %s (%s); running it again", job.id, type(exc).__name__)
                 job.state = JobState.QUEUED

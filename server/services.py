@@ -86,7 +86,7 @@ class Services:
         stats = {}
         for kind, pool in self.dispatcher.pools.items():
             handles, pending, inflight = (getattr(pool, name, ()) for name in ("handles", "pending", "inflight"))
-            stats[kind] = (len(handles), len(pending), sum(inflight))
+            stats[kind] = (getattr(pool, "size", len(handles)), len(pending), sum(inflight))
         return stats
 
     def readiness(self) -> list[str]:
@@ -100,9 +100,10 @@ class Services:
         if (problem := self.store.health()) is not None:
             reasons.append(problem)
         for kind, pool in self.dispatcher.pools.items():
-            started = getattr(pool, "nodes", None)
-            if started is not None and None in started:
-                reasons.append(f"{sum(node is None for node in started)} {kind} actors have not started yet")
+            nodes, alive = getattr(pool, "nodes", ()), getattr(pool, "alive", ())
+            waiting = sum(node is None for node, live in zip(nodes, alive, strict=True) if live)
+            if waiting:
+                reasons.append(f"{waiting} {kind} actors have not started yet")
         return reasons
 
     def kinds_frame(self, ref: str | None) -> dict[str, Any]:

@@ -26,9 +26,14 @@ def test_environment_then_flags() -> None:
     settings = Settings.load([], environ=env)
     assert settings.port == 9000 and settings.enable_echo and settings.allow_private_urls
     assert settings.ray_address == "head:6379"
-    assert settings.pool_size("audio.length", 1) == 3
-    assert settings.pool_size("echo", 1) == 0
-    assert settings.pool_size("euro.results", 2) == 2
+    assert settings.pool_bounds("audio.length", 1) == (3, 3)
+    assert settings.pool_bounds("echo", 1) == (0, 0)
+    assert settings.pool_bounds("euro.results", 2) == (2, 2)
+    scaled = Settings.load([], environ={"AMI_POOLS": "echo=1..4", "AMI_POOL_TARGET_PER_ACTOR": "8"})
+    assert scaled.pool_bounds("echo", 1) == (1, 4) and scaled.pool_target_per_actor == 8
+    for wrong in ("echo=4..1", "echo=1..", "echo=-1..2"):
+        with pytest.raises(SettingsError):
+            Settings.load([], environ={"AMI_POOLS": wrong})
     flagged = Settings.load(["--port", "9100", "--no-enable-echo", "--host", "0.0.0.0"], environ=env)
     assert (flagged.port, flagged.enable_echo, flagged.host) == (9100, False, "0.0.0.0")
 
