@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -126,16 +125,9 @@ class Services:
         if origin is not None and origin.unfinished >= self.settings.max_jobs_per_connection:
             raise ConnectionFull(f"this connection has {origin.unfinished} unfinished jobs; wait for some results")
         self.dispatcher.check_capacity(kind.name)
-        job = self.table.add(Job(kind.name, args, ref, owner=self.owner))
-        asked = time.perf_counter()
-        saved = self.store.put(job)
-
-        def answered(done: asyncio.Future[bool]) -> None:
-            self.metrics.store_write(time.perf_counter() - asked)
-            if not done.result():
-                self._withdraw(job)
-
-        saved.add_done_callback(answered)
+        job = Job(kind.name, args, ref, owner=self.owner)
+        saved = self.table.put(job)
+        saved.add_done_callback(lambda done: None if done.result() else self._withdraw(job))
         self.run(job)
         return job, saved
 
@@ -217,13 +209,13 @@ class Services:
         job.restarts = saved.restarts + 1
         job.state = JobState.QUEUED
         job.owner = self.owner  # it is this server's now (saved again below)
-        self.table.add(job)
         if job.restarts > MAX_RESTARTS:
+            self.table.add(job)
             message = f"the server stopped {job.restarts - 1} times while this job ran; giving up"
             error = {"code": str(JobErrorCode.WORKER_LOST), "message": message}
             self.table.finish(job, JobState.FAILED, error=error)
         else:
-            self.store.put(job).add_done_callback(lambda _: self.run(job))
+            self.table.put(job).add_done_callback(lambda _: self.run(job))
 
 
 @asynccontextmanager

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 from server.jobs import Job, JobState, Watcher
 from server.protocol import result_frame
-from server.store import JobStore
+from server.store import JobStore, Saved
 
 log = logging.getLogger("server.table")
 
@@ -99,15 +99,20 @@ class JobTable:
         self._save(job, 0)
         return True
 
+    def put(self, job: Job) -> Saved:
+        """Keep `job` here and save it: every write of a job goes through the table, which times it."""
+        self.jobs[job.id] = job
+        return self._timed(self.store.put(job))
+
+    def _timed(self, saved: Saved) -> Saved:
+        if self.observer is not None:
+            asked, observer = time.perf_counter(), self.observer
+            saved.add_done_callback(lambda _: observer.store_write(time.perf_counter() - asked))
+        return saved
+
     def _save(self, job: Job, attempt: int) -> None:
-        asked = time.perf_counter()
-
-        def saved(done: asyncio.Future[bool]) -> None:
-            if self.observer is not None:
-                self.observer.store_write(time.perf_counter() - asked)
-            self._saved(job, done.result(), attempt)
-
-        self.store.finish(job).add_done_callback(saved)
+        self._timed(self.store.finish(job)).add_done_callback(
+            lambda done: self._saved(job, done.result(), attempt))
 
     def _saved(self, job: Job, saved: bool, attempt: int) -> None:
         if saved:
