@@ -231,6 +231,16 @@ class Dispatcher:
                     ray.kill(handle, no_restart=True)
         self.pools.clear()
 
+    def stats(self) -> dict[str, tuple[int, int, int]]:
+        """Per kind: live actors, jobs waiting for one, jobs running."""
+        return {kind: (pool.size, len(pool.pending), sum(pool.inflight)) for kind, pool in self.pools.items()}
+
+    def not_started(self) -> dict[str, int]:
+        """Per kind, the live actors that have not started yet (none once every pool is up)."""
+        waiting = {kind: sum(node is None for node, alive in zip(pool.nodes, pool.alive, strict=True) if alive)
+                   for kind, pool in self.pools.items()}
+        return {kind: count for kind, count in waiting.items() if count}
+
     def check_capacity(self, kind: str) -> None:
         """Refuse a new job of `kind` (PoolFull) when too many are already waiting, or no actor serves it."""
         pool = self.pools.get(kind)

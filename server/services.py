@@ -40,6 +40,10 @@ class Dispatching(Protocol):
 
     def check_capacity(self, kind: str) -> None: ...
 
+    def stats(self) -> dict[str, tuple[int, int, int]]: ...
+
+    def not_started(self) -> dict[str, int]: ...
+
     def submit(self, job: Job) -> None: ...
 
     def cancel(self, job: Job) -> bool: ...
@@ -68,7 +72,7 @@ class Services:
         self.kinds: dict[str, JobKind] = {
             name: kind for name, kind in all_kinds().items() if not kind.optional or settings.enable_echo
         }
-        self.metrics = Metrics(self._pool_stats, lambda: len(self.sessions))
+        self.metrics = Metrics(lambda: self.dispatcher.stats(), lambda: len(self.sessions))
         self.table = JobTable(store, self.metrics)
         self.dispatcher = make_dispatcher(settings, self.table, self.kinds, store)
         self._background: set[asyncio.Task[Any]] = set()
@@ -80,14 +84,6 @@ class Services:
         ]
         self._kinds_frame = kinds_frame(self._kinds, None)
 
-    def _pool_stats(self) -> dict[str, tuple[int, int, int]]:
-        """Per kind: actors, jobs waiting for one, jobs running."""
-        stats = {}
-        for kind, pool in self.dispatcher.pools.items():
-            handles, pending, inflight = (getattr(pool, name, ()) for name in ("handles", "pending", "inflight"))
-            stats[kind] = (getattr(pool, "size", len(handles)), len(pending), sum(inflight))
-        return stats
-
     def readiness(self) -> list[str]:
         """Why this server cannot serve jobs now (empty when it can): Ray, the store, the pools."""
         reasons = []
@@ -98,11 +94,8 @@ class Services:
                 reasons.append("Ray is not connected")
         if (problem := self.store.health()) is not None:
             reasons.append(problem)
-        for kind, pool in self.dispatcher.pools.items():
-            nodes, alive = getattr(pool, "nodes", ()), getattr(pool, "alive", ())
-            waiting = sum(node is None for node, live in zip(nodes, alive, strict=True) if live)
-            if waiting:
-                reasons.append(f"{waiting} {kind} actors have not started yet")
+        reasons += [f"{count} {kind} actors have not started yet"
+                    for kind, count in self.dispatcher.not_started().items()]
         return reasons
 
     def kinds_frame(self, ref: str | None) -> dict[str, Any]:

@@ -39,6 +39,12 @@ class FakeDispatcher:
     async def close(self) -> None:
         pass
 
+    def stats(self) -> dict[str, tuple[int, int, int]]:
+        return {kind: (1, len(self.held), len(self.held)) for kind in self.pools}
+
+    def not_started(self) -> dict[str, int]:
+        return {}
+
     def check_capacity(self, kind: str) -> None:
         if kind not in self.pools:
             raise PoolFull(f"no actors serve {kind} on this server")
