@@ -101,11 +101,11 @@ class Bench:
         import ray
 
         from actors import WorkerConfig
-        from actors._actor import KindActor
+        from actors._actor import named_actor
 
         # The product's own echo actor: the same envelope, class name, concurrency and CPUs (AMI_ACTOR_CPUS).
-        echo = type("Echo", (KindActor,), {"__module__": KindActor.__module__})
-        actor: Any = ray.remote(echo).options(num_cpus=0.25, max_concurrency=1000).remote("echo", WorkerConfig())
+        echo = ray.remote(named_actor("Echo"))
+        actor: Any = echo.options(num_cpus=0.25, max_concurrency=1000).remote("echo", WorkerConfig())
         ray.get(actor.node_id.remote())
 
         async def load(concurrency: int, total: int) -> LoadResult:

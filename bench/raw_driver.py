@@ -15,14 +15,14 @@ from typing import Any
 import ray
 
 from actors import WorkerConfig
-from actors._actor import KindActor
+from actors._actor import named_actor
 
 
 def main() -> None:
     address, window, total = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     ray.init(address=address, log_to_driver=False)
-    echo = type("Echo", (KindActor,), {"__module__": KindActor.__module__})  # the product's own echo actor
-    actor: Any = ray.remote(echo).options(num_cpus=0.25, max_concurrency=1000).remote("echo", WorkerConfig())
+    echo = ray.remote(named_actor("Echo"))  # the product's own echo actor
+    actor: Any = echo.options(num_cpus=0.25, max_concurrency=1000).remote("echo", WorkerConfig())
     ray.get(actor.node_id.remote())
 
     async def load() -> float:

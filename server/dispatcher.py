@@ -13,7 +13,7 @@ import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, TaskCancelledError
 
 from actors import JobErrorCode, JobKind
-from actors._actor import KindActor
+from actors._actor import named_actor
 from server.config import Settings
 from server.errors import PoolFull
 from server.jobs import Job, JobState
@@ -111,10 +111,7 @@ class Dispatcher:
             least, most = self.settings.pool_bounds(kind.name, kind.pool.size)
             if most <= 0:
                 continue
-            # The one envelope, named after the kind's worker (AudioLength, EuroResults): Ray's dashboard and
-            # its per-class metrics then tell the kinds apart.
-            envelope = type(kind.worker.__name__, (KindActor,), {"__module__": KindActor.__module__})
-            self._classes[kind.name] = ray.remote(envelope)
+            self._classes[kind.name] = ray.remote(named_actor(kind.worker.__name__))
             names = [f"{kind.actor_name}-{index}" for index in range(least)]
             pool = Pool(kind, names, [self._actor(kind, name) for name in names], kind.pool.max_concurrency,
                         least, most)
