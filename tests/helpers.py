@@ -20,13 +20,13 @@ import websockets
 import yaml
 from websockets.asyncio.client import ClientConnection
 
+from bench.servers import ROOT
 from server.app import create_app, uvicorn_options
 from server.config import Settings
 from server.store import Store
 
 T = TypeVar("T")
 TIMEOUT = 60.0
-ROOT = Path(__file__).resolve().parent.parent
 ASYNCAPI = yaml.safe_load((ROOT / "docs" / "asyncapi.yaml").read_text())
 SERVER_FRAME = jsonschema.Draft7Validator({**ASYNCAPI, "$ref": "#/components/schemas/ServerFrame"})
 
