@@ -28,7 +28,6 @@ class FakeDispatcher:
         self.table = table
         self.pools: dict[str, Any] = dict.fromkeys(kinds)
         self.held: list[Job] = []
-        self.submitted: list[Job] = []
 
     def start(self) -> None:
         pass
@@ -52,7 +51,6 @@ class FakeDispatcher:
             raise PoolFull(f"{len(self.held)} {kind} jobs are waiting; try again later")
 
     def submit(self, job: Job) -> None:
-        self.submitted.append(job)
         self.table.start(job)
         if job.args.get("hold"):
             self.held.append(job)
