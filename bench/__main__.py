@@ -17,10 +17,11 @@ from typing import Any
 from bench.measure import Bench, MiB
 from bench.report import write_report
 from bench.results import Results
-from bench.servers import redis_server
+from bench.servers import keep_ray_on_loopback, redis_server
 
 
 def main() -> None:
+    keep_ray_on_loopback()
     if sys.argv[1:2] == ["scale"]:
         from bench.scale import main as scale
 
@@ -50,8 +51,8 @@ def main() -> None:
 
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=200 * MiB,
-             log_to_driver=False)
+    ray.init(address="local", _node_ip_address="127.0.0.1", num_cpus=2, include_dashboard=False,
+             object_store_memory=200 * MiB, log_to_driver=False)
     raw = section("raw Ray", bench.raw_ray)
     served = section("Ray Serve", bench.ray_serve)
     ray.shutdown()

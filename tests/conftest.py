@@ -8,15 +8,18 @@ from collections.abc import Iterator
 import pytest
 import ray
 
+from bench.servers import keep_ray_on_loopback
 from tests.helpers import FixtureHTTP, ServerThread, settings_for
 
 MiB = 1024 * 1024
+keep_ray_on_loopback()  # for the servers and clusters the tests start; the session Ray is given 127.0.0.1 below
 
 
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[None]:
     """One real Ray for every in-process test, sized for a 2-CPU machine, stopped at the end."""
-    ray.init(address="local", num_cpus=2, object_store_memory=128 * MiB, include_dashboard=False,
+    ray.init(address="local", _node_ip_address="127.0.0.1", num_cpus=2, object_store_memory=128 * MiB,
+             include_dashboard=False,
              namespace="ami-tests", log_to_driver=bool(os.environ.get("AMI_TEST_RAY_LOGS")))
     yield
     ray.shutdown()

@@ -65,6 +65,7 @@ def test_actors_run_on_worker_nodes_and_results_come_back(cluster: dict[str, Any
         assert len(nodes) == 3
         assert set(nodes) <= set(cluster["workers"]), "every actor runs on a worker node"
         assert cluster["head"] not in nodes
+        assert cluster["addresses"] == ["127.0.0.1"], "the test cluster stays on loopback"
         assert len(set(nodes)) == 2, "three half-CPU actors do not fit on one one-CPU worker"
     finally:
         stop(server)

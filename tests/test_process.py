@@ -46,7 +46,8 @@ def test_server_prints_its_urls_serves_and_leaves_no_process_behind(sig: int, tm
 
         assert run(scenario())["result"] == {"hi": 1}
         children = process.descendants()
-        assert any("raylet" in " ".join(child.cmdline()) for child in children), "embedded Ray runs under the server"
+        [raylet] = [child.cmdline() for child in children if child.name() == "raylet"]
+        assert "--node_ip_address=127.0.0.1" in raylet, "the embedded Ray stays on loopback"
         assert process.stop(sig) == 0
         _gone, alive = psutil.wait_procs(children, timeout=30)
         assert alive == [], f"left behind: {[p.pid for p in alive]}"
