@@ -37,6 +37,11 @@ class Settings:
     ray_address: str | None = field(
         default=None, metadata=_env("RAY_ADDRESS", "Ray cluster to join; unset: embedded local Ray")
     )
+    ray_node_ip: str | None = field(
+        default=None,
+        metadata=_env("AMI_RAY_NODE_IP", "this machine's address in the Ray cluster, when it has several; unset: "
+                                         "Ray's guess"),
+    )
     data_dir: Path = field(default=Path("data"), metadata=_env("AMI_DATA_DIR", "where the job store lives"))
     store: str = field(default="sqlite", metadata=_env("AMI_STORE", "job store: sqlite, memory (no persistence) or redis://host:port/db"))
     euro_url: str = field(

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 from urllib.parse import urlsplit
 
 from server.config import Settings, SettingsError
+from server.raysetup import TOKEN_FILE, auth_token
 
 CHECK_TIMEOUT = 3.0
+AUTH_MODE_VARIABLE = "RAY_AUTH_MODE"
 
 
 def listen_socket(settings: Settings) -> socket.socket:
@@ -75,3 +78,58 @@ def check_ray_address(settings: Settings) -> None:
             pass
     except OSError as exc:
         raise SettingsError(f"cannot reach the Ray cluster at {address} (RAY_ADDRESS): {exc.strerror or exc}") from None
+    join_securely(address)
+
+
+def join_securely(address: str) -> None:
+    """Ask the cluster's GCS whether it wants a token; if it does, find one the way Ray does (RAY_AUTH_TOKEN,
+    RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token), check that the cluster takes it, and put this driver in token mode.
+
+    Ray's driver never switches to token mode by itself when given an address: it retries for 20 s and fails
+    with a traceback. An open cluster is joined as it is, whatever token files this machine holds."""
+    mode = os.environ.get(AUTH_MODE_VARIABLE, "").lower()
+    if _gcs_answer(address, token=None) != "unauthenticated":
+        if mode == "token":
+            raise SettingsError(f"the Ray cluster at {address} (RAY_ADDRESS) does not use tokens, but "
+                                f"{AUTH_MODE_VARIABLE}=token: unset it")
+        return
+    if mode not in ("", "token"):
+        raise SettingsError(f"the Ray cluster at {address} (RAY_ADDRESS) requires a token, but "
+                            f"{AUTH_MODE_VARIABLE}={mode}: set {AUTH_MODE_VARIABLE}=token and give it the head's token")
+    token, source = auth_token()
+    if not token:
+        raise SettingsError(f"the Ray cluster at {address} (RAY_ADDRESS) requires a token: set RAY_AUTH_TOKEN, or copy "
+                            f"the head's ~/.ray/auth_token to {TOKEN_FILE} (or to RAY_AUTH_TOKEN_PATH)")
+    if _gcs_answer(address, token=token) == "unauthenticated":
+        raise SettingsError(f"the Ray cluster at {address} (RAY_ADDRESS) refused the token from {source}: "
+                            f"give it the head's token (its ~/.ray/auth_token)")
+    _enable_token_mode()
+
+
+def _gcs_answer(address: str, token: str | None) -> str:
+    """"ok" or "unauthenticated", from one cheap call (GetClusterId); any other answer is a SettingsError."""
+    import grpc
+    from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+
+    metadata = (("authorization", f"Bearer {token}"),) if token else ()
+    with grpc.insecure_channel(address) as channel:
+        stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)
+        try:
+            stub.GetClusterId(gcs_service_pb2.GetClusterIdRequest(),  # type: ignore[attr-defined]
+                              timeout=CHECK_TIMEOUT, metadata=metadata)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+                return "unauthenticated"
+            said = " ".join(str(exc.details()).split())[:200]  # one line, whatever the other end sent
+            raise SettingsError(f"{address} (RAY_ADDRESS) does not answer as a Ray cluster: "
+                                f"{exc.code().name} {said}") from None
+    return "ok"
+
+
+def _enable_token_mode() -> None:
+    """What `ray start` does on a head with a token: token mode for this process and the Ray it starts."""
+    from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]
+
+    os.environ[AUTH_MODE_VARIABLE] = "token"
+    Config.initialize("")  # Ray caches its config; read RAY_AUTH_MODE again
+    AuthenticationTokenLoader.instance().reset_cache()

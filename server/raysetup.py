@@ -22,7 +22,8 @@ from server.config import Settings
 log = logging.getLogger("server.ray")
 
 MiB = 1024 * 1024
-TOKEN_FILE = Path.home() / ".ray" / "auth_token"
+LOOPBACK = "127.0.0.1"
+TOKEN_FILE = Path.home() / ".ray" / "auth_token"  # where Ray looks for its token when no variable names one
 PROCESSES_FILE = "ray-processes.json"  # in the data dir: the embedded Ray's pids, for the next start to reap
 
 
@@ -45,6 +46,9 @@ def ray_session(settings: Settings) -> Iterator[RayInfo]:
         context = ray.init(
             address=settings.ray_address,
             namespace=settings.ray_namespace,
+            # The raylet on this machine to attach to. Ray's guess takes the route to the outside world, and
+            # prefers the head when it sees several raylets (containers or namespaces sharing one process table).
+            _node_ip_address=settings.ray_node_ip,
             # The cluster's nodes may not have this checkout: ship the job kinds with the job.
             runtime_env={"py_modules": [os.path.dirname(actors.__file__)]},
         )
@@ -52,6 +56,7 @@ def ray_session(settings: Settings) -> Iterator[RayInfo]:
         reap_orphans(settings.data_dir / PROCESSES_FILE)
         context = ray.init(
             address="local",  # never attach to a stale cluster by accident
+            _node_ip_address=LOOPBACK,  # an embedded Ray serves this process only: nothing of it on the network
             namespace=settings.ray_namespace,
             num_cpus=settings.ray_num_cpus or os.cpu_count() or 1,
             object_store_memory=settings.object_store_mb * MiB,
@@ -135,7 +140,26 @@ def _restore(saved: dict[int, object]) -> None:
         signal.signal(sig, handler)  # type: ignore[arg-type]
 
 
+def auth_token() -> tuple[str, str]:
+    """The token Ray would send (RAY_AUTH_TOKEN, else RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token) and where it
+    comes from; ("", "") when there is none."""
+    from ray._raylet import AuthenticationTokenLoader  # type: ignore[attr-defined]
+
+    token = AuthenticationTokenLoader.instance().get_raw_token(ignore_auth_mode=True)
+    if not token:
+        return "", ""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return token, "RAY_AUTH_TOKEN"
+    return token, os.environ.get("RAY_AUTH_TOKEN_PATH") or str(TOKEN_FILE)
+
+
 def dashboard_sign_in() -> str:
-    if TOKEN_FILE.exists():
-        return f"it asks for the token that `cat {TOKEN_FILE}` prints"
-    return "no sign-in needed"
+    """How to sign in to the dashboard of the Ray this process started or joined."""
+    from ray._private.authentication.authentication_utils import is_token_auth_enabled
+
+    if not is_token_auth_enabled():
+        return "no sign-in needed"
+    _token, source = auth_token()
+    if source == "RAY_AUTH_TOKEN":
+        return "it asks for the cluster's token, this server's RAY_AUTH_TOKEN"
+    return f"it asks for the token that `cat {source}` prints"
