@@ -23,6 +23,7 @@ from server.table import JobTable
 log = logging.getLogger("server.dispatcher")
 
 MAX_ATTEMPTS = 3  # calls of one job cut off by a dying actor before it fails as worker_lost
+RECHECK_S = 0.5  # seconds between asking an actor that Ray is restarting whether it is back
 SCALE_EVERY = 0.25  # seconds between looks at the autoscaled pools
 
 
@@ -41,6 +42,7 @@ class Pool:
     pending: deque[Job] = field(default_factory=deque)
     nodes: list[str | None] = field(default_factory=list)
     alive: list[bool] = field(default_factory=list)
+    restarting: list[bool] = field(default_factory=list)  # a call failed on it; no jobs until it answers again
     target: int = 0
     over_since: float | None = None  # when the pool first wanted more actors than it has
     under_since: float | None = None  # when it first wanted fewer
@@ -50,6 +52,7 @@ class Pool:
         self.inflight = [0] * len(self.handles)
         self.nodes = [None] * len(self.handles)
         self.alive = [True] * len(self.handles)
+        self.restarting = [False] * len(self.handles)
         self.created = len(self.handles)
         self.least = self.least or len(self.handles)
         self.most = max(self.most, self.least)
@@ -60,8 +63,8 @@ class Pool:
         return sum(self.alive)
 
     def free_actor(self) -> int | None:
-        """The least-loaded live actor with a free slot, if any."""
-        live = [index for index, alive in enumerate(self.alive) if alive]
+        """The least-loaded live actor with a free slot, if any (never one that Ray is restarting)."""
+        live = [index for index, alive in enumerate(self.alive) if alive and not self.restarting[index]]
         if not live:
             return None
         best = min(live, key=self.inflight.__getitem__)
@@ -74,8 +77,9 @@ class Pool:
             "target": self.target,
             "bounds": {"min": self.least, "max": self.most},
             "actors": [
-                {"name": name, "inflight": busy, "capacity": self.capacity, "node_id": node}
-                for name, busy, node, alive in zip(self.names, self.inflight, self.nodes, self.alive, strict=True)
+                {"name": name, "inflight": busy, "capacity": self.capacity, "node_id": node, "restarting": down}
+                for name, busy, node, alive, down in zip(self.names, self.inflight, self.nodes, self.alive,
+                                                         self.restarting, strict=True)
                 if alive
             ],
         }
@@ -144,10 +148,11 @@ class Dispatcher:
             pool.inflight.append(0)
             pool.nodes.append(None)
             pool.alive.append(True)
+            pool.restarting.append(False)
             retired = len(pool.handles) - 1
         else:
             pool.names[retired], pool.handles[retired], pool.nodes[retired] = name, handle, None
-            pool.alive[retired] = True
+            pool.alive[retired], pool.restarting[retired] = True, False
         self._spawn(self._record_node(pool, retired, handle))
         log.info("pool %s grew to %d actors (%s)", pool.kind.name, pool.size, name)
 
@@ -210,6 +215,26 @@ class Dispatcher:
             return
         if pool.handles[index] is handle:
             pool.nodes[index] = node
+
+    async def _recover(self, pool: Pool, index: int, handle: Any) -> None:
+        """After a call failed on an actor (its process or its node died): wait until Ray has restarted it and
+        note where it runs now, or replace it if Ray will not restart it. Jobs go to the other actors meanwhile."""
+        while not self.closing and pool.handles[index] is handle:
+            try:
+                node = await handle.node_id.remote()
+            except ActorUnavailableError:
+                await asyncio.sleep(RECHECK_S)  # being restarted; ask again
+                continue
+            except RayActorError as exc:  # dead for good: killed, or Ray gave up restarting it
+                if pool.alive[index]:
+                    log.warning("actor %s is gone (%s); starting another", pool.names[index], type(exc).__name__)
+                    self._retire(pool, index, kill=False)
+                    self._add_actor(pool)
+            else:
+                pool.nodes[index], pool.restarting[index] = node, False
+                log.info("actor %s is back, on node %s", pool.names[index], node)
+            self._pump(pool)
+            return
 
     async def ready(self) -> None:
         """Wait until every actor has started (and warmed up)."""
@@ -315,11 +340,9 @@ class Dispatcher:
         try:
             outcome = future.result()
         except (ActorDiedError, ActorUnavailableError, RayActorError) as exc:
-            if isinstance(exc, ActorDiedError) and pool.alive[actor] and not self.closing:
-                # Dead for good (killed, or Ray gave up restarting it): replaced, so the pool keeps its size.
-                log.warning("actor %s is gone; starting another", pool.names[actor])
-                self._retire(pool, actor, kill=False)
-                self._add_actor(pool)
+            if pool.alive[actor] and not pool.restarting[actor]:
+                pool.restarting[actor], pool.nodes[actor] = True, None
+                self._spawn(self._recover(pool, actor, pool.handles[actor]))
             if job.attempts < MAX_ATTEMPTS:
                 log.warning("actor died under job %s (%s); running it again", job.id, type(exc).__name__)
                 job.state = JobState.QUEUED
