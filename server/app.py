@@ -120,7 +120,7 @@ def announce(settings: Settings, services: Services) -> None:
     if services.ray.dashboard_url:
         lines.append(f"Dashboard: {services.ray.dashboard_url} ({dashboard_sign_in()})")
     lines.append(f"Ray:       {services.ray.address}; kinds: {', '.join(sorted(services.kinds))}; "
-                 f"store: {settings.store}")
+                 f"store: {settings.store_shown}")
     files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     lines.append(f"Sockets:   up to about {max(files - FILES_KEPT, 0):,} connections (open-file limit {files:,})")
     print("\n".join(lines), flush=True)

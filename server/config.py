@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from actors import WorkerConfig
 
@@ -150,6 +151,16 @@ class Settings:
     def identity(self) -> str:
         """This server's name in the job store: it resubmits the unfinished jobs saved under it."""
         return self.server_id or f"{socket.gethostname()}:{self.port}"
+
+    @property
+    def store_shown(self) -> str:
+        """The store URL as printed (banner, errors): a password in it (redis://:secret@host) is never shown."""
+        parts = urlsplit(self.store)
+        if not parts.password:
+            return self.store
+        user = f"{parts.username}:" if parts.username else ":"
+        host = parts.netloc.rpartition("@")[2]
+        return urlunsplit(parts._replace(netloc=f"{user}***@{host}"))
 
     @property
     def ray_namespace(self) -> str:

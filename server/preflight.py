@@ -56,7 +56,7 @@ def check_store(settings: Settings) -> None:
     try:
         client.ping()
     except redis.RedisError as exc:
-        raise SettingsError(f"cannot reach the job store at {settings.store} (AMI_STORE): {exc}") from None
+        raise SettingsError(f"cannot reach the job store at {settings.store_shown} (AMI_STORE): {exc}") from None
     finally:
         client.close()
 

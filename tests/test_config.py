@@ -57,3 +57,13 @@ def test_bad_values_name_their_variable(env: dict[str, str], name: str) -> None:
 def test_bad_flag_names_the_flag() -> None:
     with pytest.raises(SettingsError, match="--port"):
         Settings.load(["--port", "x"], environ={})
+
+
+@pytest.mark.parametrize(("store", "shown"), [
+    ("redis://:s3cret@10.0.0.5:6379/0", "redis://:***@10.0.0.5:6379/0"),
+    ("redis://ami:s3cret@[::1]:6379/1", "redis://ami:***@[::1]:6379/1"),
+    ("redis://10.0.0.5:6379/0", "redis://10.0.0.5:6379/0"),
+    ("sqlite", "sqlite"),
+])
+def test_a_store_password_is_never_shown(store: str, shown: str) -> None:
+    assert Settings.load(["--store", store], environ={}).store_shown == shown

@@ -146,8 +146,8 @@ def websocket_that_never_closes(port: int) -> SilentClient:
 
 @pytest.mark.parametrize(("flags", "env", "line"), [
     (("--log-level", "loud"), {}, "error: AMI_LOG_LEVEL must be one of critical, error, warning, info, debug"),
-    (("--store", "redis://127.0.0.1:{free}/0"), {}, "error: cannot reach the job store at redis://127.0.0.1:{free}/0 "
-                                                  "(AMI_STORE): "),
+    (("--store", "redis://:s3cret@127.0.0.1:{free}/0"), {},
+     "error: cannot reach the job store at redis://:***@127.0.0.1:{free}/0 (AMI_STORE): "),
     ((), {"RAY_ADDRESS": "127.0.0.1:{free}"},
      "error: cannot reach the Ray cluster at 127.0.0.1:{free} (RAY_ADDRESS): "),
     (("--port", "{busy}"), {}, "error: cannot listen on 127.0.0.1:{busy} (AMI_HOST, AMI_PORT): "),
