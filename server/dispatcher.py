@@ -24,6 +24,7 @@ log = logging.getLogger("server.dispatcher")
 
 MAX_ATTEMPTS = 3  # calls of one job cut off by a dying actor before it fails as worker_lost
 RECHECK_S = 0.5  # seconds between asking an actor that Ray is restarting whether it is back
+PROBE_EVERY = 5.0  # seconds between asking every started actor where it runs, to notice deaths no job met
 SCALE_EVERY = 0.25  # seconds between looks at the autoscaled pools
 
 
@@ -104,6 +105,8 @@ class Dispatcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watch_ready: asyncio.Task[None] | None = None
         self._scaler: asyncio.Task[None] | None = None
+        self._prober: asyncio.Task[None] | None = None
+        self._probing: set[Any] = set()  # handles with a probe under way
         self._tasks: set[asyncio.Task[Any]] = set()
         self._classes: dict[str, Any] = {}  # kind -> its actor class
         self.closing = False  # once set, calls cut off by the shutdown leave their jobs unfinished
@@ -123,6 +126,7 @@ class Dispatcher:
         self._watch_ready = asyncio.create_task(self._record_nodes())
         if any(pool.most > pool.least for pool in self.pools.values()):
             self._scaler = asyncio.create_task(self._autoscale())
+        self._prober = asyncio.create_task(self._probe_actors())
 
     def _actor(self, kind: JobKind, name: str) -> Any:
         return self._classes[kind.name].options(
@@ -236,6 +240,31 @@ class Dispatcher:
             self._pump(pool)
             return
 
+    async def _probe_actors(self) -> None:
+        """Ask every started actor where it runs, every PROBE_EVERY s: an actor killed, or moved by Ray from a lost
+        node, while no job ran on it is noticed (and /pools and /readyz say so) before a job meets it."""
+        while not self.closing:
+            await asyncio.sleep(PROBE_EVERY)
+            for pool in self.pools.values():
+                for index, handle in enumerate(pool.handles):
+                    started = pool.alive[index] and not pool.restarting[index] and pool.nodes[index] is not None
+                    if started and handle not in self._probing:
+                        self._probing.add(handle)
+                        self._spawn(self._probe(pool, index, handle))
+
+    async def _probe(self, pool: Pool, index: int, handle: Any) -> None:
+        try:
+            node = await handle.node_id.remote()  # waits its turn behind the actor's jobs: never a timeout
+        except RayActorError:
+            if pool.handles[index] is handle and pool.alive[index] and not pool.restarting[index]:
+                pool.restarting[index], pool.nodes[index] = True, None
+                await self._recover(pool, index, handle)
+        else:
+            if pool.handles[index] is handle and not pool.restarting[index]:
+                pool.nodes[index] = node
+        finally:
+            self._probing.discard(handle)
+
     async def ready(self) -> None:
         """Wait until every actor has started (and warmed up)."""
         if self._watch_ready is not None:
@@ -244,7 +273,7 @@ class Dispatcher:
     async def close(self) -> None:
         """Stop the actors; jobs still running stay unfinished in the store, for the next start to run."""
         self.closing = True
-        for task in (self._watch_ready, self._scaler, *self._tasks):
+        for task in (self._watch_ready, self._scaler, self._prober, *self._tasks):
             if task is not None:
                 task.cancel()
         for pool in self.pools.values():

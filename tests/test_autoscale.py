@@ -63,3 +63,16 @@ def test_an_actor_gone_for_good_is_replaced(scaled: ServerThread) -> None:
     assert run(scenario(), timeout=90)["result"] == {"after": "a death"}
     assert wait_until(lambda: [a["name"] for a in echo_pool(scaled)["actors"]] not in ([], [actor["name"]]), 30)
     assert len(echo_pool(scaled)["actors"]) == 1, "healed to its minimum"
+
+
+def test_an_idle_actor_gone_for_good_is_replaced_before_any_job_meets_it(scaled: ServerThread) -> None:
+    """No job runs on it: the periodic probe finds the death, and the pool heals to its minimum."""
+    assert wait_until(lambda: [a["node_id"] is not None for a in echo_pool(scaled)["actors"]] == [True], 30)
+    [actor] = echo_pool(scaled)["actors"]
+    ray.kill(ray.get_actor(actor["name"], namespace=scaled.settings.ray_namespace), no_restart=True)
+
+    def replaced() -> bool:
+        actors = echo_pool(scaled)["actors"]
+        return len(actors) == 1 and actors[0]["name"] != actor["name"] and actors[0]["node_id"] is not None
+    assert wait_until(replaced, 60), echo_pool(scaled)
+    assert requests.get(f"{scaled.url}/readyz", timeout=30).status_code == 200

@@ -55,10 +55,12 @@ def node_id_on(hosts: Hosts, host: str) -> str:
     for pid in hosts[host].pids():
         try:
             process = psutil.Process(pid)
-            if process.name() == "raylet":
-                return next(arg.split("=", 1)[1] for arg in process.cmdline() if arg.startswith("--node_id="))
+            arguments = process.cmdline() if process.name() == "raylet" else []
         except psutil.Error:
             continue
+        for argument in arguments:  # none yet while the raylet is being started
+            if argument.startswith("--node_id="):
+                return argument.split("=", 1)[1]
     raise AssertionError(f"no raylet on {host}")
 
 
