@@ -194,6 +194,37 @@ def test_losing_the_worker_host_under_load_loses_no_job_and_each_watcher_gets_on
     assert wait_until(healed, timeout=120), f"not healed: {all_actors(site)}"
 
 
+def test_losing_a_server_host_hands_its_jobs_to_the_other_server(site: Site) -> None:
+    """srv2 takes jobs, then its host is cut off and its processes (server and Ray node) killed: srv1 adopts the
+    unfinished jobs once srv2's lease runs out, runs them, and a socket on srv1 watching them gets one result each.
+    (Last in this module: srv2 stays lost.)"""
+    count = 10
+
+    async def scenario() -> Counter[str]:
+        async with await Client.connect(site.url("srv2")) as doomed, \
+                await Client.connect(site.url("srv1")) as watcher:
+            jobs = [await doomed.submit("echo", {"n": n, "delay_ms": 3000}) for n in range(count)]
+            await watcher.send({"op": "watch", "jobs": jobs})
+            await watcher.send({"op": "ping", "ref": "watching"})
+            await watcher.recv_until(lambda frame: frame["type"] == "pong")  # the watch is in place on srv1
+            site.hosts.cut("srv2")
+            assert site.hosts.kill("srv2") > 0
+            seen: Counter[str] = Counter()
+            for job in jobs:
+                frame = await watcher.result(job, timeout=120)
+                assert frame["status"] == "succeeded" and frame["result"]["n"] == jobs.index(job), frame
+                seen[job] += 1
+            await watcher.send({"op": "ping", "ref": "last"})
+            while (frame := await watcher.recv(timeout=30))["type"] != "pong":
+                if frame["type"] == "result":
+                    seen[frame["job"]] += 1
+            return seen
+
+    seen = run(scenario(), timeout=240)
+    assert len(seen) == count and set(seen.values()) == {1}, seen
+    assert any("adopted" in line for line in site.servers["srv1"].output), "srv1 ran srv2's jobs"
+
+
 def lose_the_worker(site: Site) -> None:
     site.hosts.cut("worker")
     assert site.hosts.kill("worker") > 0
