@@ -6,6 +6,7 @@ import asyncio
 import contextvars
 import inspect
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -13,6 +14,9 @@ from actors._base import JobErrorCode, JobFailed, WorkerConfig
 from actors._fetch import Scope, job_scope
 
 log = logging.getLogger("actors")
+
+REPORT_EVERY = 5.0  # seconds between handing the actor's job figures to Ray's metrics (a call per job costs)
+RUN_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
 class KindActor:
@@ -32,6 +36,8 @@ class KindActor:
         self._is_async = inspect.iscoroutinefunction(self.worker.run)
         self._threads = None if self._is_async else ThreadPoolExecutor(
             self.kind.pool.max_concurrency, thread_name_prefix=f"{self.kind.actor_name}-job")
+        self._ended: list[tuple[str, float]] = []  # (outcome, seconds) since the last report to Ray
+        self._reporter: asyncio.Task[None] | None = None
         warmup = getattr(self.worker, "warmup", None)
         if warmup is not None:
             warmup()
@@ -42,6 +48,18 @@ class KindActor:
         return str(ray.get_runtime_context().get_node_id())
 
     async def run(self, args: dict[str, Any]) -> dict[str, Any]:
+        if self._reporter is None:
+            self._reporter = asyncio.create_task(self._report_to_ray())
+        started = time.perf_counter()
+        outcome = "cancelled"
+        try:
+            result = await self._run(args)
+            outcome = "succeeded" if "ok" in result else "failed"
+            return result
+        finally:
+            self._ended.append((outcome, time.perf_counter() - started))
+
+    async def _run(self, args: dict[str, Any]) -> dict[str, Any]:
         scope = Scope()
         job_scope.set(scope)  # this task's own context, copied into the worker's thread
         try:
@@ -61,6 +79,39 @@ class KindActor:
             log.exception("%s worker failed on %r", self.kind.name, args)
             message = "the worker failed unexpectedly; see the server log"
             return {"error": {"code": str(JobErrorCode.INTERNAL), "message": message}}
+
+
+    async def _report_to_ray(self) -> None:
+        """`ami_actor_jobs_total{kind,outcome}` and `ami_actor_run_seconds{kind}` (the time a job spent in its
+        actor, download included) in Ray's metrics, handed over every REPORT_EVERY s from a thread."""
+        from ray.util import metrics
+
+        try:
+            jobs = metrics.Counter("ami_actor_jobs_total", "jobs an actor ran, by kind and outcome",
+                                   tag_keys=("kind", "outcome"))
+            seconds = metrics.Histogram("ami_actor_run_seconds", "time a job ran in its actor",
+                                        boundaries=list(RUN_BUCKETS), tag_keys=("kind",))
+        except Exception:  # metrics are for operators: their failure must never stop a job
+            log.exception("Ray's metrics are not available in this actor")
+            return
+        kind = self.kind.name
+
+        def tell(ended: list[tuple[str, float]]) -> None:
+            counts: dict[str, int] = {}
+            for outcome, spent in ended:
+                counts[outcome] = counts.get(outcome, 0) + 1
+                seconds.observe(spent, tags={"kind": kind})
+            for outcome, count in counts.items():
+                jobs.inc(count, tags={"kind": kind, "outcome": outcome})
+
+        while True:
+            await asyncio.sleep(REPORT_EVERY)
+            ended, self._ended = self._ended, []
+            if ended:
+                try:
+                    await asyncio.to_thread(tell, ended)
+                except Exception:
+                    log.exception("Ray's metrics could not be updated")
 
 
 def named_actor(worker_name: str) -> type[KindActor]:

@@ -8,12 +8,13 @@ import logging
 from typing import Any
 
 import pytest
+import ray
 import requests
 
 from actors.audio import PREFIX_BYTES
 from tests.audio_files import encode
 from tests.euro_pages import current_page
-from tests.helpers import Client, Fixture, FixtureHTTP, ServerThread, run
+from tests.helpers import Client, Fixture, FixtureHTTP, ServerThread, run, wait_until
 
 
 def test_slow_job_does_not_delay_fast_ones_and_results_come_out_of_order(server: ServerThread) -> None:
@@ -403,3 +404,38 @@ def test_metrics_and_readiness_for_operators(server: ServerThread) -> None:
     run(scenario())
     ready = requests.get(f"{server.url}/readyz", timeout=10)
     assert ready.status_code == 200 and ready.json() == {"ready": True, "reasons": []}
+
+
+def test_the_server_and_the_actors_report_to_rays_metrics(server: ServerThread) -> None:
+    """What Ray's dashboard and Prometheus read: the node's metrics export, fed by the server (job and pool
+    series) and by the actors (jobs run and their run time), labelled by kind and status, never by job."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    node = ray._private.worker.global_worker.node
+    assert node is not None
+    port = node.metrics_export_port
+
+    async def jobs() -> None:
+        async with await Client.connect(server.ws_url) as client:
+            for n in range(3):
+                await client.result(await client.submit("echo", {"ray metrics": n}))
+
+    run(jobs())
+    wanted = {("ray_ami_jobs_total", "echo", "status", "succeeded"), ("ray_ami_actor_jobs_total", "echo", "outcome",
+                                                                     "succeeded"),
+              ("ray_ami_actor_run_seconds_count", "echo", None, None), ("ray_ami_pool_actors", "echo", None, None)}
+    seen: set[tuple[str, str, str | None, str | None]] = set()
+
+    def exported() -> bool:
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name.startswith("ray_ami_") and sample.value > 0:
+                    assert "job" not in sample.labels, sample
+                    for name, kind, key, value in wanted:
+                        if sample.name == name and sample.labels.get("kind") == kind and (
+                                key is None or sample.labels.get(key) == value):
+                            seen.add((name, kind, key, value))
+        return seen == wanted
+
+    assert wait_until(exported, 90), f"missing from Ray's metrics: {wanted - seen}"
