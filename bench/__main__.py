@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -57,6 +58,7 @@ def main() -> None:
     served = section("Ray Serve", bench.ray_serve)
     ray.shutdown()
 
+    shutil.rmtree(bench.tmp, ignore_errors=True)
     results = Results(options.quick, bench.runs, time.time() - started, [label for label, *_ in bench.shapes()],
                       stores, raw, served, polls, conns, slow, audio, cold)
     write_report(results, Path(options.out))

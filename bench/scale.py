@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -72,6 +73,7 @@ def main() -> None:
         assert cluster.popen.stdin is not None
         cluster.popen.stdin.close()
         cluster.popen.wait(120)
+        shutil.rmtree(tmp, ignore_errors=True)
     base_served, base_raw = rows[0][1], rows[0][2]
     lines = ["## Scale-out", "", f"Written by `python -m bench scale --servers {options.servers}` on "
              f"{time.strftime('%Y-%m-%d', time.gmtime())}, {os.cpu_count()} CPUs ({platform.machine()}): N server "
