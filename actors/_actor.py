@@ -80,7 +80,6 @@ class KindActor:
             message = "the worker failed unexpectedly; see the server log"
             return {"error": {"code": str(JobErrorCode.INTERNAL), "message": message}}
 
-
     async def _report_to_ray(self) -> None:
         """`ami_actor_jobs_total{kind,outcome}` and `ami_actor_run_seconds{kind}` (the time a job spent in its
         actor, download included) in Ray's metrics, handed over every REPORT_EVERY s from a thread."""
