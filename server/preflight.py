@@ -87,12 +87,9 @@ def join_securely(address: str) -> None:
 
     Ray's driver never switches to token mode by itself when given an address: it retries for 20 s and fails
     with a traceback. An open cluster is joined as it is, whatever token files this machine holds."""
-    mode = os.environ.get(AUTH_MODE_VARIABLE, "").lower()
     if _gcs_answer(address, token=None) != "unauthenticated":
-        if mode == "token":
-            raise SettingsError(f"the Ray cluster at {address} (RAY_ADDRESS) does not use tokens, but "
-                                f"{AUTH_MODE_VARIABLE}=token: unset it")
-        return
+        return  # an open cluster: a driver in token mode joins it too
+    mode = os.environ.get(AUTH_MODE_VARIABLE, "").lower()
     if mode not in ("", "token"):
         raise SettingsError(f"the Ray cluster at {address} (RAY_ADDRESS) requires a token, but "
                             f"{AUTH_MODE_VARIABLE}={mode}: set {AUTH_MODE_VARIABLE}=token and give it the head's token")
