@@ -9,7 +9,7 @@ for an address outside the test hosts. Processes run on a host with `ip netns ex
 from __future__ import annotations
 
 import contextlib
-import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -56,7 +56,7 @@ class Hosts:
     processes: list[Process] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.tag = f"ami{os.getpid() % 100000}"  # interface names stay under the kernel's 15 characters
+        self.tag = f"ami{secrets.token_hex(3)}"  # fresh names each run; interface names stay under 15 characters
         self.bridge = f"{self.tag}br"
 
     def __getitem__(self, name: str) -> NetHost:
