@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from bench.loadgen import run_load
-from bench.servers import Process, ServerProcess
+from bench.servers import Process, ServerProcess, ray_cluster
 
 ECHO_ONLY = ("--enable-echo", "--no-dashboard", "--store", "memory", "--pools", "audio.length=0,euro.results=0,echo=1")
 OUT = Path(__file__).with_name("SCALE.md")
@@ -60,19 +60,16 @@ def main() -> None:
     options = parser.parse_args(sys.argv[2:] if sys.argv[1:2] == ["scale"] else sys.argv[1:])
     counts = [int(n) for n in options.servers.split(",")]
     tmp = Path(tempfile.mkdtemp(prefix="ami-scale-"))
-    cluster = Process([sys.executable, "-m", "bench.cluster", "1", str(os.cpu_count() or 2)])
     rows = []
     try:
-        address = json.loads(cluster.wait_for_line(lambda line: line.startswith("{"), 180))["address"]
-        for count in counts:
-            served = product(address, count, options.jobs, tmp)
-            direct = raw(address, count, 8 * 64 * options.jobs // 8)
-            rows.append((count, served, direct))
-            print(f"{count} servers: {served:,.0f} jobs/s; {count} raw drivers: {direct:,.0f} calls/s", flush=True)
+        with ray_cluster("1", str(os.cpu_count() or 2)) as cluster:
+            for count in counts:
+                served = product(cluster["address"], count, options.jobs, tmp)
+                direct = raw(cluster["address"], count, 8 * 64 * options.jobs // 8)
+                rows.append((count, served, direct))
+                print(f"{count} servers: {served:,.0f} jobs/s; {count} raw drivers: {direct:,.0f} calls/s",
+                      flush=True)
     finally:
-        assert cluster.popen.stdin is not None
-        cluster.popen.stdin.close()
-        cluster.popen.wait(120)
         shutil.rmtree(tmp, ignore_errors=True)
     base_served, base_raw = rows[0][1], rows[0][2]
     lines = ["## Scale-out", "", f"Written by `python -m bench scale --servers {options.servers}` on "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import shutil
@@ -14,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -134,6 +136,23 @@ def server(*flags: str, env: dict[str, str] | None = None) -> Iterator[ServerPro
         yield process
     finally:
         process.stop()
+
+
+@contextmanager
+def ray_cluster(*args: str, env: Mapping[str, str | None] | None = None) -> Iterator[dict[str, Any]]:
+    """`python -m bench.cluster ARGS` (a Ray cluster on loopback) for the block: what it printed (address, node ids),
+    then its standard input closed, which shuts the cluster down; killed by its pid if that takes too long."""
+    nodes = Process([sys.executable, "-m", "bench.cluster", *args], env=env)
+    try:
+        yield json.loads(nodes.wait_for_line(lambda line: line.startswith("{"), timeout=180))
+    finally:
+        assert nodes.popen.stdin is not None
+        nodes.popen.stdin.close()
+        try:
+            nodes.popen.wait(120)
+        except subprocess.TimeoutExpired:
+            nodes.kill()
+            raise
 
 
 @contextmanager

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +10,7 @@ import pytest
 import redis
 import requests
 
-from bench.servers import free_port
+from bench.servers import free_port, ray_cluster
 from tests.helpers import Client, run
 from tests.processes import Process, server_process
 
@@ -21,17 +19,8 @@ pytestmark = pytest.mark.cluster
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[dict[str, Any]]:
-    nodes = Process([sys.executable, "-m", "bench.cluster"])
-    try:
-        yield json.loads(nodes.wait_for_line(lambda line: line.startswith("{"), timeout=180))
-    finally:
-        assert nodes.popen.stdin is not None
-        nodes.popen.stdin.close()
-        try:
-            nodes.popen.wait(90)
-        except Exception:
-            nodes.kill()
-            raise
+    with ray_cluster() as nodes:
+        yield nodes
 
 
 def start_server(cluster: dict[str, Any], data_dir: Path, *flags: str) -> tuple[Process, int]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import secrets
 import subprocess
 import sys
@@ -13,9 +12,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from bench.servers import free_port
+from bench.servers import free_port, ray_cluster
 from tests.helpers import Client, run
-from tests.processes import ROOT, Process, environment, server_process
+from tests.processes import ROOT, environment, server_process
 
 pytestmark = pytest.mark.cluster
 
@@ -31,19 +30,9 @@ def secured_head() -> Iterator[SecuredHead]:
     """A cluster in token mode (a head with its dashboard and one worker) on loopback; stopped by its pid."""
     token = secrets.token_hex(32)
     dashboard = free_port()
-    nodes = Process([sys.executable, "-m", "bench.cluster", "1", "1", "--dashboard-port", str(dashboard)],
-                    env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_AUTH_TOKEN_PATH": None})
-    try:
-        cluster = json.loads(nodes.wait_for_line(lambda line: line.startswith("{"), timeout=180))
-        yield SecuredHead(cluster["address"], f"127.0.0.1:{dashboard}", token)
-    finally:
-        assert nodes.popen.stdin is not None
-        nodes.popen.stdin.close()
-        try:
-            nodes.popen.wait(90)
-        except subprocess.TimeoutExpired:
-            nodes.kill()
-            raise
+    with ray_cluster("1", "1", "--dashboard-port", str(dashboard),
+                     env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_AUTH_TOKEN_PATH": None}) as nodes:
+        yield SecuredHead(nodes["address"], f"127.0.0.1:{dashboard}", token)
 
 
 def without_tokens(home: Path, **extra: str) -> dict[str, str | None]:
