@@ -31,6 +31,15 @@ def keep_ray_on_loopback() -> None:
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
 
+def listening(host: str, port: int) -> bool:
+    """Whether something accepts TCP connections on host:port now."""
+    try:
+        socket.create_connection((host, port), 1).close()
+        return True
+    except OSError:
+        return False
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -166,14 +175,10 @@ def redis_server(directory: Path) -> Iterator[str]:
                               "--dir", str(directory)], stdout=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), 1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        while not listening("127.0.0.1", port):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"redis-server is not listening on 127.0.0.1:{port} after 30 s")
+            time.sleep(0.05)
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         popen.terminate()

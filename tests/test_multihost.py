@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import secrets
 import shutil
-import socket
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ import psutil
 import pytest
 import requests
 
-from bench.servers import Process
+from bench.servers import Process, listening
 from tests.helpers import Client, run, wait_until
 from tests.netns import Hosts, NamespacesRefused, temp_dir
 
@@ -50,8 +49,8 @@ class Site:
         return f"{scheme}://{self.hosts[host].address}:{SERVER_PORT}{path}"
 
 
-def node_id_on(hosts: Hosts, host: str) -> str:
-    """The node id of the raylet running on `host`, from its own command line."""
+def node_id_on(hosts: Hosts, host: str) -> str | None:
+    """The node id of the raylet running on `host`, from its own command line; None before there is one."""
     for pid in hosts[host].pids():
         try:
             process = psutil.Process(pid)
@@ -61,17 +60,11 @@ def node_id_on(hosts: Hosts, host: str) -> str:
         for argument in arguments:  # none yet while the raylet is being started
             if argument.startswith("--node_id="):
                 return argument.split("=", 1)[1]
-    raise AssertionError(f"no raylet on {host}")
+    return None
 
 
 def wait_for_port(address: str, port: int, timeout: float = 120) -> None:
-    def answers() -> bool:
-        try:
-            socket.create_connection((address, port), 1).close()
-            return True
-        except OSError:
-            return False
-    assert wait_until(answers, timeout=timeout), f"nothing answers on {address}:{port}"
+    assert wait_until(partial(listening, address, port), timeout=timeout), f"nothing answers on {address}:{port}"
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +97,8 @@ def site() -> Iterator[Site]:
         wait_for_port(hosts["srv1"].address, REDIS_PORT)
         nodes = {}
         for name in ("head", "worker", "srv1", "srv2"):
-            assert wait_until(partial(_has_raylet, hosts, name), timeout=120), f"no raylet on {name}"
-            nodes[name] = node_id_on(hosts, name)
+            assert wait_until(partial(node_id_on, hosts, name), timeout=120), f"no raylet on {name}"
+            nodes[name] = str(node_id_on(hosts, name))
         store = f"redis://:{password}@{hosts['srv1'].address}:{REDIS_PORT}/0"
         for name in ("srv1", "srv2"):
             address = hosts[name].address
@@ -122,14 +115,6 @@ def site() -> Iterator[Site]:
     finally:
         hosts.__exit__(None, None, None)
         shutil.rmtree(base, ignore_errors=True)
-
-
-def _has_raylet(hosts: Hosts, name: str) -> bool:
-    try:
-        node_id_on(hosts, name)
-        return True
-    except AssertionError:
-        return False
 
 
 def actor_nodes(site: Site, host: str) -> list[str | None]:
