@@ -124,9 +124,9 @@ def _gcs_answer(address: str, token: str | None) -> str:
 
 
 def _enable_token_mode() -> None:
-    """What `ray start` does on a head with a token: token mode for this process and the Ray it starts."""
-    from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]
+    """Token mode for this process and the Ray it starts, as Ray itself turns it on for a new local cluster."""
+    from ray._private.authentication.authentication_token_setup import _enable_token_auth
+    from ray._raylet import AuthenticationTokenLoader  # type: ignore[attr-defined]
 
-    os.environ[AUTH_MODE_VARIABLE] = "token"
-    Config.initialize("")  # Ray caches its config; read RAY_AUTH_MODE again
+    _enable_token_auth()  # sets RAY_AUTH_MODE=token and makes Ray read its config again
     AuthenticationTokenLoader.instance().reset_cache()
