@@ -209,9 +209,32 @@ def make_session(guard: UrlGuard) -> requests.Session:
 
 
 def check_url(url: str) -> None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise JobFailed(JobErrorCode.INVALID_ARGS, f"{url!r} is not an http(s) URL")
+    """Refuse, as invalid_args, a URL that the download would choke on later: urlsplit raises ValueError
+    for an unbalanced bracket, `.port` for a port out of range, and the IDNA codec for a bad host name."""
+    shown = repr(url[:200])
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+        host = parts.hostname
+    except ValueError as exc:
+        raise JobFailed(JobErrorCode.INVALID_ARGS, f"{shown} is not a valid URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise JobFailed(JobErrorCode.INVALID_ARGS, f"{shown} is not an http(s) URL")
+    if port == 0:
+        raise JobFailed(JobErrorCode.INVALID_ARGS, f"{shown} names port 0; ports are 1 to 65535")
+    if "[" in parts.netloc:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise JobFailed(JobErrorCode.INVALID_ARGS, f"{shown} has brackets around something that is not an "
+                                                       "IPv6 address") from None
+    if "%" in host or any(char.isspace() or ord(char) < 32 for char in host):
+        raise JobFailed(JobErrorCode.INVALID_ARGS, f"{shown} has characters a host name cannot hold")
+    if not host.isascii() and not host.startswith("["):
+        try:
+            host.encode("idna")
+        except UnicodeError:
+            raise JobFailed(JobErrorCode.INVALID_ARGS, f"{shown} has a host name that is not valid (IDNA)") from None
 
 
 @dataclass
@@ -307,7 +330,10 @@ class Fetcher:
 
 
 def _host(url: str) -> str:
-    return urlsplit(url).hostname or url
+    try:
+        return urlsplit(url).hostname or url
+    except ValueError:
+        return url
 
 
 def _reason(exc: BaseException) -> str:

@@ -102,7 +102,10 @@ def load_json(text: str | bytes) -> Any:
     blow up much later, wherever the string is encoded (the store, the socket). Refuse them here.
     """
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_constant=_non_finite, parse_float=_finite_float)
+    except NonFinite as exc:
+        raise RequestError(ErrorCode.BAD_JSON, f"{exc} is not a finite number; JSON numbers must be finite "
+                                               "(no NaN, Infinity or values beyond 1.8e308)") from None
     except (ValueError, RecursionError) as exc:
         raise RequestError(ErrorCode.BAD_JSON, f"not valid JSON: {exc}") from None
     escaped = "\\u" in text if isinstance(text, str) else b"\\u" in text  # surrogates only come from escapes
@@ -115,6 +118,26 @@ def load_json(text: str | bytes) -> Any:
                                  "escape such as \\ud800); send UTF-8 text",
                            ref if isinstance(ref, str) and unencodable(ref) is None else None)
     return value
+
+
+class NonFinite(ValueError):
+    """NaN, Infinity or a number too large for a double: Python's parser takes them, strict JSON has none."""
+
+
+def _non_finite(token: str) -> float:
+    raise NonFinite(token)
+
+
+def _finite_float(token: str) -> float:
+    number = float(token)
+    if number - number != 0.0:  # inf - inf is nan; nan - nan is nan
+        raise NonFinite(token[:40])
+    return number
+
+
+def encode(frame: dict[str, Any]) -> str:
+    """A server frame as one line of strict JSON (never NaN or Infinity: strict parsers reject them)."""
+    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def unencodable(value: Any) -> str | None:
@@ -231,15 +254,13 @@ def _watch(jobs: list[str], ref: str | None) -> Watch:
     return Watch(tuple(dict.fromkeys(jobs)), ref)  # each job's result at most once per frame
 
 
-def encode(frame: dict[str, Any]) -> str:
-    """A server frame as one line of JSON."""
-    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
-
-
-def error_frame(code: str, message: str, ref: str | None = None, job: str | None = None) -> dict[str, Any]:
+def error_frame(code: str, message: str, ref: str | None = None, job: str | None = None,
+                retry_after_ms: int | None = None) -> dict[str, Any]:
     frame: dict[str, Any] = {"type": "error", "code": code, "message": message}
     if job is not None:
         frame["job"] = job
+    if retry_after_ms is not None:
+        frame["retry_after_ms"] = retry_after_ms
     if ref is not None:
         frame["ref"] = ref
     return frame

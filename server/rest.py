@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -146,6 +146,9 @@ def _handler(make: Callable[[Services, dict[str, Any]], Awaitable[JSONResponse]]
             return await make(request.app.state.services, await _body(request))
         except RequestError as exc:
             return _problem(HTTP_STATUS.get(exc.code, 422), exc.code, exc.message, exc.loc)
+        except ClientDisconnect:  # the client hung up, or the body missed its deadline: nobody to answer
+            log.info("%s %s: the client left before sending the whole body", request.method, request.url.path)
+            return JSONResponse(None, status_code=400)
 
     return endpoint
 

@@ -23,7 +23,10 @@ CLOSE_CODES = {1000, 1009, 4008}  # normal, a frame over the transport's size li
 ERROR_CODES = {str(code) for code in ErrorCode}
 
 any_text = st.text(st.characters(codec=None), max_size=20)  # lone surrogates included; JSON escapes them
-scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | any_text
+scalars = st.none() | st.booleans() | st.integers() | st.floats() | any_text  # NaN and Infinity too: bad_json
+BAD_URLS = ["http://127].0.0.1:9/x.wav", "http://[::1/x", "http://[v1.x]/", "http://a:99999/", "http://a:0/",
+            "http://a:-1/", "http://a:b/", "http://%zz/", "http://a%2/", "http://exa mple/", "http://\u00e9\u0301..x/",
+            "http://xn--a-\ufffd/", "http://\x00/", "http://[::1%25eth0]/", "http:///x", "http://@/", "//a/b"]
 values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(any_text, inner, max_size=4),
                       max_leaves=12)
 frame_objects = st.fixed_dictionaries(
@@ -31,6 +34,7 @@ frame_objects = st.fixed_dictionaries(
     optional={
         "kind": st.sampled_from(["echo", "audio.length", "euro.results", "nope"]) | values,
         "args": st.dictionaries(st.sampled_from(["url", "date", "x", "delay_ms"]) | any_text, values, max_size=3)
+        | st.fixed_dictionaries({"url": st.sampled_from(BAD_URLS) | st.builds("http://{}/x".format, any_text)})
         | values,
         "ref": any_text | values,
         "job": any_text | values,
@@ -102,7 +106,7 @@ class Fuzzer:
 @pytest.fixture(scope="module")
 def fuzz_server(ray_session: None, http: FixtureHTTP, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         ServerThread]:
-    settings = settings_for(http, tmp_path_factory.mktemp("fuzz"), store="memory",
+    settings = settings_for(http, tmp_path_factory.mktemp("fuzz"), store="memory", frames_per_s=1e6,
                              pools=(("audio.length", 0), ("euro.results", 0), ("echo", 1)))
     with ServerThread(settings) as running:
         yield running
