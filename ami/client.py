@@ -83,6 +83,7 @@ class Client:
         self._stream: asyncio.Queue[Result] = asyncio.Queue()  # every result, for `results()`
         self._closing = False
         self._failure: Error | None = None
+        self._pacing = asyncio.Lock()  # held by the request retrying after `rate_limited`
 
     async def __aenter__(self) -> Client:
         await self.connect()
@@ -212,13 +213,23 @@ class Client:
                 answer.set_result(frame)
 
     async def _request(self, frame: dict[str, Any]) -> dict[str, Any]:
-        ref = next(self._refs)
-        answer = self._answers[ref] = asyncio.get_running_loop().create_future()
-        await self._send({**frame, "ref": ref})
-        reply = await answer
+        """Send a request and await its answer; a `rate_limited` one is sent again after `retry_after_ms`,
+        one retry at a time, so a burst that met the server's frame budget is paced instead of repeated."""
+        ref, reply = await self._ask(frame)
+        if _rate_limited(reply):
+            async with self._pacing:
+                while _rate_limited(reply):
+                    await asyncio.sleep(_retry_after(reply))
+                    ref, reply = await self._ask(frame)
         if reply.get("type") == "error":
             raise Refused(str(reply["code"]), str(reply["message"]), ref)
         return reply
+
+    async def _ask(self, frame: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        ref = next(self._refs)
+        answer = self._answers[ref] = asyncio.get_running_loop().create_future()
+        await self._send({**frame, "ref": ref})
+        return ref, await answer
 
     async def _send(self, frame: dict[str, Any]) -> None:
         if self._failure is not None:
@@ -243,3 +254,13 @@ class Client:
             if not future.done():
                 future.set_exception(error)
                 future.exception()  # nobody may be waiting: retrieved, so asyncio logs nothing
+
+
+def _rate_limited(reply: dict[str, Any]) -> bool:
+    return reply.get("type") == "error" and reply.get("code") == "rate_limited"
+
+
+def _retry_after(reply: dict[str, Any]) -> float:
+    """Seconds to wait before sending again, as the server said (0.1 s if it did not say)."""
+    delay = reply.get("retry_after_ms")
+    return (delay if isinstance(delay, int | float) and 0 < delay < 60_000 else 100) / 1000

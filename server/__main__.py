@@ -62,7 +62,7 @@ def run(settings: Settings, sock: socket.socket) -> None:
         port=settings.port,
         log_level=settings.log_level,
         lifespan="on",
-        **uvicorn_options(settings),
+        **uvicorn_options(settings, app),
     )
     redact_tokens_in_logs()  # after uvicorn configured its loggers: its access log writes whole request lines
     Server(config, settings, app).run(sockets=[sock])

@@ -22,6 +22,7 @@ from server import rest
 from server.access import Access, presented_token
 from server.config import Settings
 from server.errors import CloseCode, ErrorCode
+from server.guard import ConnectionGuard, ForwardedLimit, guarded_protocols
 from server.protocol import encode, error_frame
 from server.raysetup import dashboard_sign_in
 from server.services import DispatcherFactory, Services, services_context
@@ -91,17 +92,25 @@ def create_app(settings: Settings, store: Store | None = None, make_dispatcher: 
     ]
     # Before any route, handshakes included: a name that is not ours is a DNS rebinding attempt, or a mistake.
     hosts = Access(settings).hosts
-    middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=["*"] if "*" in hosts else hosts)]
-    return Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
+    guard = ConnectionGuard(settings.header_timeout, settings.max_connections_per_ip, settings.trusted_proxies)
+    middleware = [Middleware(ForwardedLimit, guard=guard),
+                  Middleware(TrustedHostMiddleware, allowed_hosts=["*"] if "*" in hosts else hosts)]
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
+    app.state.guard = guard
+    return app
 
 
 FILES_KEPT = 300  # open files the server needs besides sockets: Ray's, the store's, the page's
 BACKLOG = 4096  # connections the kernel holds before accept (Linux caps it at net.core.somaxconn, 4096 here)
 
 
-def uvicorn_options(settings: Settings) -> dict[str, Any]:
+def uvicorn_options(settings: Settings, app: Starlette) -> dict[str, Any]:
     """How uvicorn serves this app, for the CLI and the tests alike."""
+    http, ws = guarded_protocols(app.state.guard)
     return {
+        "http": http,  # uvicorn's httptools and websockets protocols, with the deadline and the per-address cap
+        "ws": ws,
+        "proxy_headers": False,  # ForwardedLimit reads X-Forwarded-For, from AMI_TRUSTED_PROXIES only
         "ws_max_size": max(4 * settings.max_frame_bytes, 1024 * 1024),
         # Browsers negotiate deflate whenever it is offered, and its zlib state doubles an idle socket's memory.
         "ws_per_message_deflate": settings.ws_deflate,

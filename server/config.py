@@ -94,6 +94,26 @@ class Settings:
         default=(),
         metadata=_env("AMI_ALLOWED_ORIGINS", "browser origins allowed besides the server's own, or '*'"),
     )
+    header_timeout: float = field(
+        default=10.0,
+        metadata=_env("AMI_HEADER_TIMEOUT", "seconds from the TCP accept for a request's line, headers and body "
+                                            "(a WebSocket upgrade included); slower connections are closed"),
+    )
+    max_connections_per_ip: int = field(
+        default=1000,
+        metadata=_env("AMI_MAX_CONNECTIONS_PER_IP", "open connections one client address may hold (counted from "
+                                                    "the accept); the next is refused"),
+    )
+    trusted_proxies: tuple[str, ...] = field(
+        default=(),
+        metadata=_env("AMI_TRUSTED_PROXIES", "proxy addresses or networks whose X-Forwarded-For names the client "
+                                             "(uvicorn's forwarded_allow_ips), comma-separated, or '*'; unset: none"),
+    )
+    frames_per_s: float = field(
+        default=200.0,
+        metadata=_env("AMI_FRAMES_PER_S", "client frames per second one connection may send (a burst of 5 s worth); "
+                                          "more get 'rate_limited'"),
+    )
     actor_cpus: float = field(default=0.25, metadata=_env("AMI_ACTOR_CPUS", "Ray CPUs reserved per actor"))
     max_frame_bytes: int = field(
         default=64 * 1024, metadata=_env("AMI_MAX_FRAME_BYTES", "largest client frame or REST body accepted")
@@ -210,6 +230,9 @@ class Settings:
             (self.max_outbox_bytes >= 4096, "AMI_MAX_OUTBOX_BYTES", "must be at least 4096"),
             (self.shutdown_timeout > 0, "AMI_SHUTDOWN_TIMEOUT", "must be positive"),
             (self.auth_timeout > 0, "AMI_AUTH_TIMEOUT", "must be positive"),
+            (self.header_timeout > 0, "AMI_HEADER_TIMEOUT", "must be positive"),
+            (self.max_connections_per_ip >= 1, "AMI_MAX_CONNECTIONS_PER_IP", "must be at least 1"),
+            (self.frames_per_s > 0, "AMI_FRAMES_PER_S", "must be positive"),
             (self.lease_ttl >= 0.5, "AMI_LEASE_TTL", "must be at least 0.5"),
             (self.pool_target_per_actor is None or self.pool_target_per_actor >= 1, "AMI_POOL_TARGET_PER_ACTOR",
              "must be at least 1"),

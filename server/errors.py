@@ -21,6 +21,7 @@ class ErrorCode(StrEnum):
     RATE_LIMITED = "rate_limited"
     TOO_LARGE = "too_large"  # frame larger than AMI_MAX_FRAME_BYTES
     UNAUTHORIZED = "unauthorized"
+    INTERNAL = "internal"  # the server failed on this frame (a bug); the connection stays open
 
 
 HTTP_STATUS = {  # REST answers to a refused request; any other code is 422
@@ -30,6 +31,7 @@ HTTP_STATUS = {  # REST answers to a refused request; any other code is 422
     ErrorCode.RATE_LIMITED: 429,
     ErrorCode.UNAUTHORIZED: 401,
     ErrorCode.NOT_FOUND: 404,
+    ErrorCode.INTERNAL: 500,
 }
 
 
@@ -42,6 +44,7 @@ class CloseCode(IntEnum):
     INTERNAL = 1011  # the server could not go on with this connection (a bug); reconnect and `watch`
     UNAUTHORIZED = 4001  # no valid token: send `auth` first, or connect with Authorization: Bearer
     TOO_SLOW = 4008  # the client left more than AMI_MAX_OUTBOX_BYTES unread; reconnect and `watch`
+    FLOODING = 4029  # still over AMI_FRAMES_PER_S 5 s after the first `rate_limited`; reconnect slower, `watch`
 
 
 class RequestError(Exception):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import math
 from collections import deque
 from typing import Any
 
@@ -38,11 +40,15 @@ from server.services import Services
 log = logging.getLogger("server.session")
 
 ROOM_WAIT = 5.0  # seconds a `watch` waits for the client to read once half the outbox limit is queued
+BURST_SECONDS = 5.0  # the frame budget's burst: this many seconds' worth of AMI_FRAMES_PER_S
+FLOOD_GRACE = 5.0  # seconds a connection may stay over its budget after its first `rate_limited`
+FRAMES_PER_TURN = 16  # frames one connection handles before it lets the event loop serve the others
 TOO_SLOW = "too many unread bytes; reconnect and watch your jobs"
+FLOODING = "too many frames after 'rate_limited'; wait retry_after_ms before sending again"
 NEEDS_TOKEN = ("this server needs a token: send {\"op\":\"auth\",\"token\":\"...\"} (or 'auth TOKEN') first, or "
                "connect with an Authorization: Bearer header")
 CLOSE_REASONS: dict[int, str] = {CloseCode.UNAUTHORIZED: "a valid token is required", CloseCode.TOO_SLOW: TOO_SLOW,
-                                 CloseCode.NORMAL: "done: every result sent"}
+                                 CloseCode.NORMAL: "done: every result sent", CloseCode.FLOODING: FLOODING}
 
 
 Item = tuple[str, int] | int | None  # a frame and its size in bytes, a close code, or the end
@@ -70,6 +76,11 @@ class Session:
         self._writer: asyncio.Task[None] | None = None  # runs while the outbox has frames
         self._room: asyncio.Future[None] | None = None  # resolved once the outbox is at most half full
         self._closer: asyncio.Task[None] | None = None
+        self._budget = services.settings.frames_per_s * BURST_SECONDS  # frames it may send now (a token bucket)
+        self._budget_at = 0.0  # when the budget was last topped up (loop time)
+        self._limited_since: float | None = None  # the first `rate_limited` of the current run of them
+        self._refused_since_served = 0  # a flood sends on regardless; a client that listens pauses after one
+        self._failed = False  # a frame raised unexpectedly: logged with its traceback once per connection
 
     async def serve(self) -> None:
         await self.websocket.accept()
@@ -77,11 +88,21 @@ class Session:
         if not self.authorized:
             timeout = self.services.settings.auth_timeout
             deadline = asyncio.get_running_loop().call_later(timeout, self._refuse, None)
+        loop = asyncio.get_running_loop()
+        self._budget_at = loop.time()
+        handled = 0
         try:
             while not self.closed:
                 message = await self.websocket.receive()
                 if message["type"] == "websocket.disconnect":
                     break
+                # Frames already queued are received without suspending: a flooding socket must let others run.
+                handled += 1
+                if handled >= FRAMES_PER_TURN:
+                    handled = 0
+                    await asyncio.sleep(0)
+                if not self._within_budget(loop.time(), message.get("text")):
+                    continue
                 text = message.get("text")
                 if text is None:
                     self.push(error_frame(ErrorCode.BAD_REQUEST, "binary frames are not supported; send text"))
@@ -101,6 +122,34 @@ class Session:
                 await asyncio.wait([self._writer])
             if self._closer is not None:
                 await self._closer
+
+    def _within_budget(self, now: float, text: str | None) -> bool:
+        """Spend one frame of the budget (AMI_FRAMES_PER_S, a burst of BURST_SECONDS' worth); else answer
+        `rate_limited`, and close a connection still over budget FLOOD_GRACE seconds after the first one."""
+        rate = self.services.settings.frames_per_s
+        budget = min(rate * BURST_SECONDS, self._budget + (now - self._budget_at) * rate)
+        self._budget_at = now
+        if budget >= 1.0:
+            self._budget = budget - 1.0
+            if self._limited_since is not None and self._refused_since_served <= 1:
+                self._limited_since = None  # it waited as told (one refusal, a pause, this): it listens
+            self._refused_since_served = 0
+            return True
+        self._budget = budget
+        if self._limited_since is None:
+            self._limited_since = now
+        elif now - self._limited_since > FLOOD_GRACE:
+            if not self.closed:
+                log.info("closing a connection that kept sending over its frame budget (%g frames/s)", rate)
+                self.closed = True
+                self._enqueue(CloseCode.FLOODING)
+            return False
+        wait_ms = max(1, math.ceil((1.0 - budget) / rate * 1000))
+        self._refused_since_served += 1
+        self.push(error_frame(ErrorCode.RATE_LIMITED, f"more than {rate:g} frames a second; this frame was not "
+                                                      f"served: send it again in {wait_ms} ms",
+                              _ref_of(text), retry_after_ms=wait_ms))
+        return False
 
     def _enqueue(self, item: Item) -> None:
         if self.outbox is None:
@@ -213,6 +262,7 @@ class Session:
         if len(text) > limit or (len(text) * 4 > limit and len(text.encode()) > limit):  # UTF-8: <= 4 bytes a char
             self.push(error_frame(ErrorCode.TOO_LARGE, f"frame larger than {limit} bytes"))
             return
+        request: Request | None = None
         try:
             request = parse_request(text)
             if not self.authorized and not isinstance(request, Auth | Ping | Help):
@@ -223,6 +273,13 @@ class Session:
             await self.handle(request)
         except RequestError as exc:
             self.push(error_frame(exc.code, exc.message, exc.ref, exc.job))
+        except Exception:  # a bug met by one frame: answer it, keep the connection, tell the operator once
+            if not self._failed:
+                self._failed = True
+                log.exception("a frame raised unexpectedly; answered with 'internal'")
+            ref = request.ref if request is not None else None
+            self.push(error_frame(ErrorCode.INTERNAL, "the server failed on this frame; it was not served "
+                                                      "(the operator's log says why)", ref))
 
     async def handle(self, request: Request) -> None:
         services = self.services
@@ -290,3 +347,15 @@ class Session:
         if job is None:
             raise RequestError(ErrorCode.NOT_FOUND, f"no job {job_id!r}", ref, job_id)
         return job
+
+
+def _ref_of(text: str | None) -> str | None:
+    """The `ref` of a frame that will not be served, so its refusal still echoes it; cheap, and never raises."""
+    if not text or '"ref"' not in text or len(text) > 4096:
+        return None
+    try:
+        frame = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    ref = frame.get("ref") if isinstance(frame, dict) else None
+    return ref if isinstance(ref, str) and len(ref) <= 128 and ref.isprintable() else None

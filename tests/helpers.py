@@ -24,6 +24,7 @@ from websockets.asyncio.client import ClientConnection
 from bench.servers import ROOT
 from server.app import create_app, uvicorn_options
 from server.config import Settings
+from server.services import DispatcherFactory
 from server.store import Store
 
 T = TypeVar("T")
@@ -77,13 +78,15 @@ class _Server(uvicorn.Server):
 class ServerThread:
     """The real app on real uvicorn on a free loopback port, in a background thread."""
 
-    def __init__(self, settings: Settings, store: Store | None = None) -> None:
+    def __init__(self, settings: Settings, store: Store | None = None,
+                 make_dispatcher: DispatcherFactory | None = None) -> None:
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.port = int(self.sock.getsockname()[1])
         self.settings = settings.replace(port=self.port, namespace=f"test-{uuid.uuid4().hex[:8]}")
-        self.app = create_app(self.settings, store)
-        config = uvicorn.Config(self.app, log_level="warning", lifespan="on", **uvicorn_options(self.settings))
+        self.app = create_app(self.settings, store, make_dispatcher)
+        options = uvicorn_options(self.settings, self.app)
+        config = uvicorn.Config(self.app, log_level="warning", lifespan="on", **options)
         self.server = _Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
