@@ -52,6 +52,7 @@ def create_app(settings: Settings, store: Store | None = None, make_dispatcher: 
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with services_context(settings, store, make_dispatcher) as services:
             app.state.services = services
+            guard.on_refuse = services.metrics.refused
             yield
 
     async def websocket_endpoint(websocket: WebSocket) -> None:

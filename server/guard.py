@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
@@ -46,6 +47,7 @@ class ConnectionGuard:
         self.open: Counter[str] = Counter()
         self._hosts: dict[Any, str] = {}  # transport -> the address it is counted under
         self.refused = 0  # connections refused for the cap, for the tests and the log
+        self.on_refuse: Callable[[str], None] = _ignore  # the metrics, once the services run
 
     def is_trusted(self, host: str | None) -> bool:
         return bool(self.trusted_proxies) and host in self.trusted
@@ -54,6 +56,7 @@ class ConnectionGuard:
         """Count one more connection (or proxied request) from `host`; False when it is over the cap."""
         if self.open[host] >= self.max_per_address:
             self.refused += 1
+            self.on_refuse("too_many_connections")
             if self.refused % 1000 == 1:  # one line per thousand: refusing is the attacker's lever on the log
                 log.warning("refused a connection from %s: %d open (AMI_MAX_CONNECTIONS_PER_IP)", host,
                             self.open[host])
@@ -81,6 +84,10 @@ class ConnectionGuard:
         host = self._hosts.pop(transport, None)
         if host is not None:
             self.give_back(host)
+
+
+def _ignore(reason: str) -> None:
+    return None
 
 
 async def _nothing(scope: Any, receive: Any, send: Any) -> None:  # pragma: no cover - never called
@@ -118,6 +125,7 @@ def guarded_protocols(guard: ConnectionGuard) -> tuple[type[HttpToolsProtocol], 
             self._deadline = None
             if self.transport.is_closing():
                 return
+            guard.on_refuse("deadline")
             if not self._head_done:  # nobody answers this request yet: say why it ends
                 self.transport.write(_response(b"408 Request Timeout", TOO_SLOW))
             log.debug("closed a connection whose request was not complete within %.1f s", guard.header_timeout)

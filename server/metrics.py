@@ -51,6 +51,8 @@ class Metrics:
         self.frames = Counter("ami_frames", "WebSocket frames, by direction", ["direction"], registry=self.registry)
         self.frames_in = self.frames.labels("in")
         self.frames_out = self.frames.labels("out")
+        self.refusals = Counter("ami_refusals", "connections and frames refused so that one client cannot crowd out "
+                                "the others, by reason", ["reason"], registry=self.registry)
         self.store_seconds = Histogram("ami_store_seconds", "a job store write, from asking to durable",
                                        buckets=STORE_BUCKETS, registry=self.registry)
         self.registry.register(_Live(pools, connections))
@@ -65,6 +67,10 @@ class Metrics:
             self.job_seconds.labels(job.kind).observe(seconds)
             if self.ray:  # handed to Ray every RAY_EVERY seconds: a Ray metric call per job costs throughput
                 self._for_ray.append((job.kind, status, seconds))
+
+    def refused(self, reason: str) -> None:
+        """rate_limited, flooding (a connection closed), too_many_connections or deadline (a request too slow)."""
+        self.refusals.labels(reason).inc()
 
     def store_write(self, seconds: float) -> None:
         self.store_seconds.observe(seconds)

@@ -142,10 +142,12 @@ class Session:
             if not self.closed:
                 log.info("closing a connection that kept sending over its frame budget (%g frames/s)", rate)
                 self.closed = True
+                self.services.metrics.refused("flooding")
                 self._enqueue(CloseCode.FLOODING)
             return False
         wait_ms = max(1, math.ceil((1.0 - budget) / rate * 1000))
         self._refused_since_served += 1
+        self.services.metrics.refused("rate_limited")
         self.push(error_frame(ErrorCode.RATE_LIMITED, f"more than {rate:g} frames a second; this frame was not "
                                                       f"served: send it again in {wait_ms} ms",
                               _ref_of(text), retry_after_ms=wait_ms))

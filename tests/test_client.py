@@ -15,7 +15,7 @@ import pytest
 import ami
 from tests.audio_files import encode
 from tests.euro_pages import current_page
-from tests.helpers import Fixture, FixtureHTTP, ServerThread, run, wait_until
+from tests.helpers import Fixture, FixtureHTTP, ServerThread, run, settings_for, wait_until
 
 AMI = Path(sys.executable).parent / "ami"
 
@@ -116,3 +116,31 @@ def test_the_ami_command(server: ServerThread, http: FixtureHTTP) -> None:
     echo = server.app.state.services.dispatcher.pools["echo"]
     assert wait_until(lambda: sum(echo.inflight) == 0, 30), "the shared server is idle again for the next tests"
     assert "euro DATE" in cli("--help").stdout
+
+
+def test_bursts_over_the_frame_budget_are_paced_by_the_client_never_failed(
+        ray_session: None, http: FixtureHTTP, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A script's burst (`ami -` with 1,000 lines, `submit_many` of 500) meets a server whose budget (50 frames/s,
+    a burst of 250) it overruns: the refused frames are sent again after retry_after_ms, and every job runs."""
+    settings = settings_for(http, tmp_path_factory.mktemp("paced"), frames_per_s=50.0, pools=(("echo", 1),))
+    with ServerThread(settings) as paced:
+        registry = paced.app.state.services.metrics.registry
+
+        def refused() -> float:
+            return registry.get_sample_value("ami_refusals_total", {"reason": "rate_limited"}) or 0.0
+
+        async def scenario() -> list[ami.Result | ami.Refused]:
+            async with ami.Client(paced.ws_url) as client:
+                return await client.submit_many([("echo", {"n": n}) for n in range(500)])
+
+        many = run(scenario())
+        assert [r.result["n"] for r in many if isinstance(r, ami.Result) and r.ok] == list(range(500))
+        after_many = refused()
+        assert after_many > 0, "the burst went over the budget, so some frames were refused and sent again"
+
+        piped = cli("--url", paced.ws_url, "-", stdin="".join(f"submit echo '{{\"n\": {n}}}'\n" for n in range(1000)))
+        assert piped.returncode == 0, piped.stderr[-2000:]
+        assert sorted(r["result"]["n"] for r in json_lines(piped.stdout)) == list(range(1000))
+        assert refused() > after_many
+        assert paced.app.state.services.metrics.registry.get_sample_value(
+            "ami_refusals_total", {"reason": "flooding"}) is None, "a client that waits as told is never closed"

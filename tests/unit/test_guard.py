@@ -78,10 +78,17 @@ def trickle_until_closed(sock: socket.socket, data: bytes, every: float = 0.1) -
     raise AssertionError("the server took the whole trickled request")
 
 
+def refusals(server: ServerThread, reason: str) -> float:
+    """The server's `ami_refusals_total` for one reason, as /metrics shows it."""
+    return server.app.state.services.metrics.registry.get_sample_value("ami_refusals_total", {"reason": reason}) or 0
+
+
 def test_a_silent_socket_is_closed_at_the_deadline(guarded: ServerThread) -> None:
+    before = refusals(guarded, "deadline")
     with connect_from(guarded, "127.0.0.1") as sock:
         answer = read_until_closed(sock, DEADLINE + 10)
     assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert refusals(guarded, "deadline") == before + 1
 
 
 def test_an_upgrade_sent_byte_by_byte_is_closed_at_the_deadline(guarded: ServerThread) -> None:
@@ -121,8 +128,10 @@ def test_the_cap_refuses_one_address_while_another_gets_in(guarded: ServerThread
     async def scenario() -> None:
         url = guarded.ws_url
         held = [await websockets.connect(url, local_addr=("127.0.0.2", 0)) for _ in range(4)]
+        before = refusals(guarded, "too_many_connections")
         with pytest.raises((InvalidStatus, ConnectionClosed, OSError)) as refused:
             await websockets.connect(url, local_addr=("127.0.0.2", 0), open_timeout=10)
+        assert refusals(guarded, "too_many_connections") == before + 1
         if isinstance(refused.value, InvalidStatus):
             assert refused.value.response.status_code == 429
         other = await websockets.connect(url, local_addr=("127.0.0.3", 0))
@@ -189,6 +198,7 @@ def test_a_flooding_connection_is_rate_limited_then_closed(guarded: ServerThread
     answers, code = run(scenario())
     limited = [frame for frame in answers if frame.get("code") == "rate_limited"]
     assert code == 4029
+    assert refusals(guarded, "flooding") >= 1 and refusals(guarded, "rate_limited") >= len(limited)
     assert len([frame for frame in answers if frame["type"] == "pong"]) >= 100  # the burst was served
     assert limited and all(frame["retry_after_ms"] >= 1 and frame["ref"].startswith("p") for frame in limited)
 
