@@ -215,7 +215,11 @@ class Client:
     async def _request(self, frame: dict[str, Any]) -> dict[str, Any]:
         """Send a request and await its answer; a `rate_limited` one is sent again after `retry_after_ms`,
         one retry at a time, so a burst that met the server's frame budget is paced instead of repeated."""
-        ref, reply = await self._ask(frame)
+        if self._pacing.locked():  # retries are being paced: a new frame now would take their turn
+            async with self._pacing:
+                ref, reply = await self._ask(frame)
+        else:
+            ref, reply = await self._ask(frame)
         if _rate_limited(reply):
             async with self._pacing:
                 while _rate_limited(reply):

@@ -47,6 +47,8 @@ def main() -> None:
     polls = section("push against polling", bench.push_and_poll)
     conns = section("idle connections", bench.connections)
     slow = section("a client that never reads", bench.slow_reader)
+    flood = section("a client that floods", bench.flood)
+    slowloris = section("slowloris sockets", bench.slowloris)
     audio = section("audio", bench.audio)
     cold = section("cold start", bench.cold_start)
 
@@ -60,7 +62,7 @@ def main() -> None:
 
     shutil.rmtree(bench.tmp, ignore_errors=True)
     results = Results(options.quick, bench.runs, time.time() - started, [label for label, *_ in bench.shapes()],
-                      stores, raw, served, polls, conns, slow, audio, cold)
+                      stores, raw, served, polls, conns, slow, audio, cold, flood, slowloris)
     write_report(results, Path(options.out))
     bench.log(f"wrote {options.out}")
 

@@ -9,6 +9,7 @@ import io
 import json
 import resource
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -24,7 +25,7 @@ import websockets
 
 import ami
 from bench.hostile import measure_in_child, silent_mp3
-from bench.loadgen import LoadResult, run_load
+from bench.loadgen import LoadResult, percentile, run_load
 from bench.servers import free_port, server
 
 ECHO_ONLY = ("--enable-echo", "--no-dashboard", "--pools", "audio.length=0,euro.results=0")
@@ -308,6 +309,49 @@ class Bench:
             out["ping p50 ms"] = statistics.median(pings)
             out["ping p99 ms"] = sorted(pings)[int(0.99 * (len(pings) - 1))]
             self.log(f"  never-reading client: {out}")
+        return out
+
+    # --- clients that misbehave -----------------------------------------------------------------
+
+    def flood(self) -> dict[str, Any]:
+        """Another client's ping and echo round trips alone, then while one socket floods frames for 10 s."""
+        from bench.abuse import probe
+        from bench.servers import Process
+
+        seconds = 5.0 if self.quick else 10.0
+        out: dict[str, Any] = {}
+        with server(*ECHO_ONLY, "--data-dir", str(self.tmp / "flood")) as running:
+            asyncio.run(probe(running.ws_url, 1.0))  # warm up
+            out["alone"] = asyncio.run(probe(running.ws_url, seconds)).figures()
+            flooder = Process([sys.executable, "-m", "bench.abuse", "flood", running.ws_url, str(seconds + 1)])
+            try:
+                flooder.wait_for_line(lambda line: line.startswith("flooding"), 60)
+                out["flood"] = asyncio.run(probe(running.ws_url, seconds)).figures()
+                out["flooder"] = json.loads(flooder.wait_for_line(lambda line: line.startswith("{"), 60))
+            finally:
+                flooder.stop()
+            self.log(f"  flood: {out}")
+        return out
+
+    def slowloris(self) -> dict[str, Any]:
+        """2,000 sockets sending an upgrade one byte every 10 s: how many are left after 15 s, and a normal client's
+        time from connect to its first pong meanwhile (from another address). Spread over four addresses (under
+        the per-address cap, so the deadline must end them), then from one (the cap refuses half at once)."""
+        from bench.abuse import slowloris_episode
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # this process holds the attacker's ends
+        count, hold = 2000, 15.0
+        out: dict[str, Any] = {}
+        for label, sources in (("from 4 addresses", [f"127.0.0.{n}" for n in range(10, 14)]),
+                               ("from 1 address", ["127.0.0.10"])):
+            with server(*ECHO_ONLY, "--data-dir", str(self.tmp / "slowloris")) as running:
+                figures, times = asyncio.run(slowloris_episode(running.ws_url, count, sources, hold))
+                figures["connect p50"] = percentile(times, 0.5)
+                figures["connect max"] = max(times)
+                out[label] = figures
+                self.log(f"  slowloris {label}: {figures}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         return out
 
     # --- audio -----------------------------------------------------------------------------------

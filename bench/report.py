@@ -32,6 +32,36 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "**missed**"
 
 
+def misbehaving(results: Results) -> list[str]:
+    """The flood and slowloris rows: what one misbehaving client does to another's latency and connect time."""
+    flood, slowloris = results.flood, results.slowloris
+    if not flood or not slowloris:
+        return []
+    flooder = flood["flooder"]
+    out = ["", "## A client that floods, sockets that trickle", "",
+           "One socket sends `submit` and `ping` frames as fast as it can (from its own process and address, reading "
+           "the answers, connecting again when closed) while another client pings, then runs an echo job to its "
+           "result, then rests 10 ms, again and again; the same client alone first. Milliseconds.", "",
+           "| another client | ping p50 | ping p99 | echo p50 | echo p99 | rounds |", "|---|---|---|---|---|---|"]
+    for label in ("alone", "flood"):
+        f = flood[label]
+        out.append(f"| {'during the flood' if label == 'flood' else 'alone'} | {f['ping p50']:.2f} | "
+                   f"{f['ping p99']:.2f} | {f['echo p50']:.2f} | {f['echo p99']:.2f} | {f['samples']:.0f} |")
+    out += ["", f"The flooder sent {flooder['frames']:,} frames; {flooder['rate_limited']:,} were answered "
+                f"`rate_limited`, {flooder['accepted']:,} submissions accepted; it was closed "
+                f"{flooder['reconnects']} time(s) (codes {flooder['close codes'] or 'none'}). The rest waited in "
+                "its own socket buffers: the server reads a connection over its budget at most 1,000 frames a "
+                "second.",
+            "", "2,000 sockets sending a WebSocket upgrade one byte every 10 s; another client (from 127.0.0.2) "
+                "connects, pings and leaves every 100 ms meanwhile.", "",
+            "| slowloris sockets | refused at once (429) | closed at the deadline (408) | left after 15 s | "
+            "normal connect p50 ms | normal connect max ms |", "|---|---|---|---|---|---|"]
+    for label, s in slowloris.items():
+        out.append(f"| {s['sockets']:,.0f} {label} | {s['refused (429)']:,.0f} | {s['timed out (408)']:,.0f} | "
+                   f"{s['left']:,.0f} | {s['connect p50']:.2f} | {s['connect max']:.2f} |")
+    return out
+
+
 def write_report(results: Results, path: Path) -> None:
     raw, served, stores, polls, conns, slow, audio, cold = (results.raw, results.served, results.stores,
                                                             results.polls, results.conns, results.slow,
@@ -99,6 +129,8 @@ def write_report(results: Results, path: Path) -> None:
             f"- closed with {slow['close code']:.0f}; server RSS grew by at most {slow['rss growth MiB']:.1f} MiB "
             f"against a {slow['limit MiB']:.0f} MiB outbox limit (kernel socket buffers are not in the RSS)",
             f"- the other client's ping meanwhile: p50 {slow['ping p50 ms']:.2f} ms, p99 {slow['ping p99 ms']:.2f} ms"]
+
+    out += misbehaving(results)
 
     out += ["", "## Audio", "",
             "Milliseconds: the header path (`actors.audio.measure`) against a full `librosa.load` decode of the "

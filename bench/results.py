@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from bench.measure import Figure, Held
@@ -22,6 +22,8 @@ class Results:
     slow: dict[str, float]
     audio: dict[str, Any]
     cold: list[float]
+    flood: dict[str, Any] = field(default_factory=dict)  # another client alone and during a flood; the flooder
+    slowloris: dict[str, Any] = field(default_factory=dict)  # by where the sockets come from
 
     @property
     def best_raw(self) -> Figure:

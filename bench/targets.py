@@ -45,4 +45,13 @@ def targets(results: Results) -> list[tuple[str, bool]]:
         ("store costs at most a quarter of the throughput",
          all(stores[n][s].rate >= 0.75 * stores["memory"][s].rate for n in ("sqlite", "redis") for s in shapes)),
     ]
+    if results.flood and results.slowloris:
+        during = results.flood["flood"]
+        left = sum(s["left"] for s in results.slowloris.values())
+        goals += [
+            (f"while one socket floods, another's ping p99 <= 50 ms and echo round trip p99 <= 100 ms: "
+             f"{during['ping p99']:.1f} and {during['echo p99']:.1f} ms",
+             during["ping p99"] <= 50 and during["echo p99"] <= 100),
+            (f"no slowloris socket left 15 s later: {left:.0f} left", left == 0),
+        ]
     return goals

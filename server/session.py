@@ -42,7 +42,11 @@ log = logging.getLogger("server.session")
 ROOM_WAIT = 5.0  # seconds a `watch` waits for the client to read once half the outbox limit is queued
 BURST_SECONDS = 5.0  # the frame budget's burst: this many seconds' worth of AMI_FRAMES_PER_S
 FLOOD_GRACE = 5.0  # seconds a connection may stay over its budget after its first `rate_limited`
+FLOOD_GAP = 1.0  # a second without a refusal ends a run of them: the client waited as told
 FRAMES_PER_TURN = 16  # frames one connection handles before it lets the event loop serve the others
+# Refusing costs a parse and an answer: a connection over its budget is read no faster than this, so a flood
+# waits in its own socket buffers (and then its sender's) instead of taking the server's CPU from the others.
+REFUSALS_PER_S = 1000
 TOO_SLOW = "too many unread bytes; reconnect and watch your jobs"
 FLOODING = "too many frames after 'rate_limited'; wait retry_after_ms before sending again"
 NEEDS_TOKEN = ("this server needs a token: send {\"op\":\"auth\",\"token\":\"...\"} (or 'auth TOKEN') first, or "
@@ -79,7 +83,7 @@ class Session:
         self._budget = services.settings.frames_per_s * BURST_SECONDS  # frames it may send now (a token bucket)
         self._budget_at = 0.0  # when the budget was last topped up (loop time)
         self._limited_since: float | None = None  # the first `rate_limited` of the current run of them
-        self._refused_since_served = 0  # a flood sends on regardless; a client that listens pauses after one
+        self._refused_at = 0.0  # the last one: a run ends after FLOOD_GAP seconds without a refusal
         self._failed = False  # a frame raised unexpectedly: logged with its traceback once per connection
 
     async def serve(self) -> None:
@@ -90,7 +94,7 @@ class Session:
             deadline = asyncio.get_running_loop().call_later(timeout, self._refuse, None)
         loop = asyncio.get_running_loop()
         self._budget_at = loop.time()
-        handled = 0
+        handled = refused = 0
         try:
             while not self.closed:
                 message = await self.websocket.receive()
@@ -102,6 +106,9 @@ class Session:
                     handled = 0
                     await asyncio.sleep(0)
                 if not self._within_budget(loop.time(), message.get("text")):
+                    refused += 1
+                    if refused % FRAMES_PER_TURN == 0:
+                        await asyncio.sleep(FRAMES_PER_TURN / REFUSALS_PER_S)
                     continue
                 text = message.get("text")
                 if text is None:
@@ -131,13 +138,10 @@ class Session:
         self._budget_at = now
         if budget >= 1.0:
             self._budget = budget - 1.0
-            if self._limited_since is not None and self._refused_since_served <= 1:
-                self._limited_since = None  # it waited as told (one refusal, a pause, this): it listens
-            self._refused_since_served = 0
             return True
         self._budget = budget
-        if self._limited_since is None:
-            self._limited_since = now
+        if self._limited_since is None or now - self._refused_at > FLOOD_GAP:
+            self._limited_since = now  # a new run of refusals: a client that paces its retries is not refused again
         elif now - self._limited_since > FLOOD_GRACE:
             if not self.closed:
                 log.info("closing a connection that kept sending over its frame budget (%g frames/s)", rate)
@@ -145,8 +149,8 @@ class Session:
                 self.services.metrics.refused("flooding")
                 self._enqueue(CloseCode.FLOODING)
             return False
+        self._refused_at = now
         wait_ms = max(1, math.ceil((1.0 - budget) / rate * 1000))
-        self._refused_since_served += 1
         self.services.metrics.refused("rate_limited")
         self.push(error_frame(ErrorCode.RATE_LIMITED, f"more than {rate:g} frames a second; this frame was not "
                                                       f"served: send it again in {wait_ms} ms",

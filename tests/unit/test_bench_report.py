@@ -27,7 +27,17 @@ def results(push: list[float]) -> Results:
                           "10,000 opened at once": Held(10_000, 10_000, 19_000, 10_000, 0)},
                    slow={"close code": 4008, "rss growth MiB": 0.5, "limit MiB": 1.0, "ping p50 ms": 0.4,
                          "ping p99 ms": 2.0},
-                   audio=audio, cold=[4.0])
+                   audio=audio, cold=[4.0],
+                   flood={"alone": latencies(0.5, 4.0), "flood": latencies(2.0, 30.0),
+                          "flooder": {"frames": 250_000, "rate_limited": 9000, "accepted": 1800, "reconnects": 1,
+                                      "close codes": [4029]}},
+                   slowloris={"from 4 addresses": {"sockets": 2000.0, "refused (429)": 0.0, "timed out (408)": 2000.0,
+                                                   "left": 0.0, "seconds": 15.0, "connect p50": 3.5,
+                                                   "connect max": 30.0}})
+
+
+def latencies(ping: float, echo: float) -> dict[str, float]:
+    return {"ping p50": ping, "ping p99": 2 * ping, "echo p50": echo, "echo p99": 2 * echo, "samples": 300.0}
 
 
 def test_percentile_is_the_nearest_rank_not_the_maximum() -> None:
@@ -41,10 +51,13 @@ def test_the_report_has_every_section_and_judges_the_targets(tmp_path: Path) -> 
     write_report(results(push), out)
     text = out.read_text()
     for heading in ("## Echo jobs", "## Push against polling", "## Idle connections", "## A client that never reads",
-                    "## Audio", "## Cold start", "## Targets"):
+                    "## A client that floods", "## Audio", "## Cold start", "## Targets"):
         assert heading in text, heading
     assert "| push (WebSocket) | 1.0 | 1.0 |" in text
     judged = {name.split(":")[0]: ok for name, ok in targets(results(push))}
     assert judged["push delay p99 <= 5 ms"] and judged["ahead of Ray Serve, every load"]
     assert judged["as many idle sockets as the file limit allows, all answering"]
+    assert judged["while one socket floods, another's ping p99 <= 50 ms and echo round trip p99 <= 100 ms"]
+    assert judged["no slowloris socket left 15 s later"]
+    assert "| 2,000 from 4 addresses | 0 | 2,000 | 0 | 3.50 | 30.00 |" in text
     assert not {name.split(":")[0]: ok for name, ok in targets(results([50.0] * 200))}["push delay p99 <= 5 ms"]
