@@ -13,11 +13,14 @@ from urllib.parse import urlsplit
 from starlette.requests import HTTPConnection
 
 from server.config import Settings
+from server.jobs import Job
+from server.tenants import Tenant, address_tenant, parse_token
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
 DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 JSON_TYPES = re.compile(r"^application/([a-z0-9.+-]*\+)?json\s*(;.*)?$", re.IGNORECASE)
 TOKEN_IN_TEXT = re.compile(r"(token=)[^&\s\"']*", re.IGNORECASE)
+JOB_IN_PATH = re.compile(r"(/(?:jobs|task)/)[^/?#\s\"]+")  # a job id lets one read (or cancel) the job
 
 Origin = tuple[str, str, int]  # scheme, host, port
 
@@ -51,7 +54,13 @@ class Access:
     """The server's access rules, worked out once from the settings."""
 
     def __init__(self, settings: Settings) -> None:
-        self.tokens = settings.tokens
+        self.tokens: list[tuple[bytes, Tenant]] = [
+            (secret.encode(), Tenant(name, operator))
+            for entries, operator in ((settings.tokens, False), (settings.operator_tokens, True))
+            for name, secret in map(parse_token, entries)
+        ]
+        self.isolating = bool(self.tokens)  # with tokens, a tenant sees only its own jobs
+        self.operators_named = bool(settings.operator_tokens)  # then only they may use the operator endpoints
         self.hosts = self._hosts(settings)
         self.any_origin = "*" in settings.allowed_origins
         own = {("http", host, settings.port) for host in self.hosts if "*" not in host}
@@ -79,13 +88,41 @@ class Access:
         parsed = parse_origin(origin)
         return parsed is not None and parsed in self.origins
 
+    def token_tenant(self, token: str | None) -> Tenant | None:
+        """The tenant a token names, or None; every known secret is compared, in constant time each."""
+        if token is None:
+            return None
+        presented, found = token.encode(), None
+        for secret, tenant in self.tokens:
+            if hmac.compare_digest(presented, secret) and found is None:
+                found = tenant
+        return found
+
     def token_valid(self, token: str | None) -> bool:
+        return not self.tokens or self.token_tenant(token) is not None
+
+    def tenant(self, token: str | None, host: str | None) -> Tenant | None:
+        """Who a client is: its token's tenant; without tokens, its address; None for an invalid token."""
         if not self.tokens:
-            return True
-        return token is not None and any(hmac.compare_digest(token.encode(), known.encode()) for known in self.tokens)
+            return address_tenant(host)
+        return self.token_tenant(token)
+
+    def connection_tenant(self, connection: HTTPConnection) -> Tenant | None:
+        client = connection.client
+        return self.tenant(presented_token(connection), client.host if client else None)
 
     def connection_token_valid(self, connection: HTTPConnection) -> bool:
         return self.token_valid(presented_token(connection))
+
+    def may_operate(self, tenant: Tenant | None) -> bool:
+        """The operator endpoints: any client with a valid token, or only operators once AMI_OPERATOR_TOKENS is set."""
+        return tenant is not None and (not self.operators_named or tenant.operator)
+
+    def may_see(self, tenant: Tenant | None, job: Job) -> bool:
+        """Whether `tenant` may read, watch or cancel `job`: with tokens, only its own (operators: all)."""
+        if not self.isolating:
+            return True
+        return tenant is not None and (tenant.operator or job.tenant == tenant.name)
 
 
 def presented_token(connection: HTTPConnection) -> str | None:
@@ -99,16 +136,23 @@ def is_json(content_type: str) -> bool:
     return bool(JSON_TYPES.match(content_type.strip()))
 
 
+def _redact(text: str) -> str:
+    if "token=" in text.lower():
+        text = TOKEN_IN_TEXT.sub(r"\1***", text)
+    if "/jobs/" in text or "/task/" in text:
+        text = JOB_IN_PATH.sub(r"\1{id}", text)
+    return text
+
+
 class RedactTokens(logging.Filter):
-    """Rewrites `token=...` in log records (uvicorn's access log writes whole request lines)."""
+    """Rewrites `token=...` and the job id of `/jobs/{id}` and `/task/{id}` in log records (uvicorn's access log
+    writes whole request lines): a token or an id in a log would let whoever reads it use them."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple) and any(isinstance(arg, str) and "token=" in arg.lower()
-                                                  for arg in record.args):
-            record.args = tuple(TOKEN_IN_TEXT.sub(r"\1***", arg) if isinstance(arg, str) else arg
-                                for arg in record.args)
-        if isinstance(record.msg, str) and "token=" in record.msg.lower():
-            record.msg = TOKEN_IN_TEXT.sub(r"\1***", record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(_redact(arg) if isinstance(arg, str) else arg for arg in record.args)
+        if isinstance(record.msg, str):
+            record.msg = _redact(record.msg)
         return True
 
 

@@ -68,7 +68,7 @@ def create_app(settings: Settings, store: Store | None = None, make_dispatcher: 
             await websocket.close(CloseCode.UNAUTHORIZED, "a valid token is required")
             return
         # No token at all: the first frames may present one (`auth`), for clients that cannot set headers.
-        session = Session(websocket, services, authorized=access.token_valid(token))
+        session = Session(websocket, services, access.connection_tenant(websocket))
         services.sessions.add(session)
         try:
             await session.serve()
@@ -80,7 +80,7 @@ def create_app(settings: Settings, store: Store | None = None, make_dispatcher: 
 
     async def config(request: Request) -> JSONResponse:
         services: Services = request.app.state.services
-        if (refused := rest.unauthorized(request)) is not None:
+        if (refused := rest.operators_only(request)) is not None:
             return refused
         return JSONResponse({"dashboard_url": services.ray.dashboard_url, "kinds": sorted(services.kinds)})
 

@@ -71,7 +71,20 @@ class Settings:
         default=60.0, metadata=_env("AMI_POOL_DOWNSCALE_DELAY_S", "seconds under target before a pool shrinks by one"),
     )
     tokens: tuple[str, ...] = field(
-        default=(), metadata=_env("AMI_TOKENS", "comma-separated tokens clients must present; unset: no tokens")
+        default=(), metadata=_env("AMI_TOKENS", "comma-separated tokens clients must present, each a tenant: "
+                                                "'name:secret' or a bare secret; unset: no tokens")
+    )
+    operator_tokens: tuple[str, ...] = field(
+        default=(), metadata=_env("AMI_OPERATOR_TOKENS", "tokens (same form) that see every tenant's jobs and the "
+                                                         "operator endpoints; set: other tokens get 403 there")
+    )
+    tenant_max_unfinished: int = field(
+        default=1000, metadata=_env("AMI_TENANT_MAX_UNFINISHED", "unfinished jobs one tenant may have; more get "
+                                                                 "'rate_limited'")
+    )
+    tenant_submits_per_s: float = field(
+        default=100.0, metadata=_env("AMI_TENANT_SUBMITS_PER_S", "submissions a second one tenant may make (a burst "
+                                                                 "of 10 s worth); more get 'rate_limited'")
     )
     allowed_hosts: tuple[str, ...] = field(
         default=(),
@@ -233,6 +246,8 @@ class Settings:
             (self.header_timeout > 0, "AMI_HEADER_TIMEOUT", "must be positive"),
             (self.max_connections_per_ip >= 1, "AMI_MAX_CONNECTIONS_PER_IP", "must be at least 1"),
             (self.frames_per_s > 0, "AMI_FRAMES_PER_S", "must be positive"),
+            (self.tenant_max_unfinished >= 1, "AMI_TENANT_MAX_UNFINISHED", "must be at least 1"),
+            (self.tenant_submits_per_s > 0, "AMI_TENANT_SUBMITS_PER_S", "must be positive"),
             (self.lease_ttl >= 0.5, "AMI_LEASE_TTL", "must be at least 0.5"),
             (self.pool_target_per_actor is None or self.pool_target_per_actor >= 1, "AMI_POOL_TARGET_PER_ACTOR",
              "must be at least 1"),

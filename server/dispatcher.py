@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
+import math
+import time
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -16,6 +17,7 @@ from actors import JobErrorCode, JobKind
 from actors._actor import named_actor
 from server.config import Settings
 from server.errors import PoolFull
+from server.fairqueue import FairQueue
 from server.jobs import Job, JobState
 from server.store import ResultCache
 from server.table import JobTable
@@ -40,7 +42,7 @@ class Pool:
     least: int = 0
     most: int = 0
     inflight: list[int] = field(default_factory=list)
-    pending: deque[Job] = field(default_factory=deque)
+    pending: FairQueue = field(default_factory=FairQueue)  # served round-robin across tenants
     nodes: list[str | None] = field(default_factory=list)
     alive: list[bool] = field(default_factory=list)
     restarting: list[bool] = field(default_factory=list)  # a call failed on it; no jobs until it answers again
@@ -48,6 +50,7 @@ class Pool:
     over_since: float | None = None  # when the pool first wanted more actors than it has
     under_since: float | None = None  # when it first wanted fewer
     created: int = 0  # actors ever made: each new one gets a fresh name
+    run_ms: float | None = None  # recent time a job spends on an actor (a moving average), for `eta_ms`
 
     def __post_init__(self) -> None:
         self.inflight = [0] * len(self.handles)
@@ -292,13 +295,29 @@ class Dispatcher:
                    for kind, pool in self.pools.items()}
         return {kind: count for kind, count in waiting.items() if count}
 
-    def check_capacity(self, kind: str) -> None:
-        """Refuse a new job of `kind` (PoolFull) when too many are already waiting, or no actor serves it."""
+    def check_capacity(self, kind: str, tenant: str = "") -> None:
+        """Refuse a new job of `kind` (PoolFull) when no actor serves it, or when AMI_MAX_PENDING jobs wait and
+        `tenant` already holds its share of them (the limit divided among the tenants with jobs waiting): one
+        tenant's backlog never makes another's submission busy. Past twice the limit, every tenant is refused."""
         pool = self.pools.get(kind)
         if pool is None:
             raise PoolFull(f"no actors serve {kind} on this server")
-        if len(pool.pending) >= self.settings.max_pending:
-            raise PoolFull(f"{len(pool.pending)} {kind} jobs are waiting; try again later")
+        check_share(pool.pending, kind, tenant, self.settings.max_pending)
+
+    def position(self, job: Job) -> tuple[int, int | None] | None:
+        """A queued job's place (jobs ahead of it) and the milliseconds until it starts, from the kind's recent
+        run times and its actors' slots (None until the kind has run a job); None if it is not queued here."""
+        pool = self.pools.get(job.kind)
+        if pool is None or (ahead := pool.pending.position(job)) is None:
+            return None
+        slots = sum(alive and not down for alive, down in zip(pool.alive, pool.restarting, strict=True))
+        slots *= pool.capacity
+        if pool.run_ms is None or not slots:
+            return ahead, None
+        return ahead, math.ceil(pool.run_ms * (ahead + 1) / slots)
+
+    def queued_by_tenant(self) -> dict[str, dict[str, int]]:
+        return {kind: pool.pending.by_tenant() for kind, pool in self.pools.items()}
 
     def submit(self, job: Job) -> None:
         if self.closing:
@@ -306,9 +325,10 @@ class Dispatcher:
         pool = self.pools[job.kind]
         actor = pool.free_actor() if not pool.pending else None
         if actor is not None:
+            pool.pending.started(job.tenant)
             self._launch(pool, job, actor)
         else:
-            pool.pending.append(job)
+            pool.pending.push(job)
 
     def cancel(self, job: Job) -> bool:
         """Cancel an unfinished job; False when it had already ended."""
@@ -316,7 +336,7 @@ class Dispatcher:
             return False
         if job.state is JobState.QUEUED:
             pool = self.pools.get(job.kind)
-            if pool is not None and job in pool.pending:
+            if pool is not None:
                 pool.pending.remove(job)
         running = job.running
         self.table.finish(job, JobState.CANCELLED)
@@ -341,7 +361,9 @@ class Dispatcher:
             actor = pool.free_actor()
             if actor is None:
                 return
-            self._launch(pool, pool.pending.popleft(), actor)
+            job = pool.pending.pop()
+            if job is not None:
+                self._launch(pool, job, actor)
 
     def _time_out(self, job: Job) -> None:
         if self.closing:
@@ -361,6 +383,9 @@ class Dispatcher:
         running = job.running
         if isinstance(running, Running) and running.actor == actor:
             running.timer.cancel()
+        if job.started_at is not None:
+            ms = (time.time() - job.started_at) * 1000
+            pool.run_ms = ms if pool.run_ms is None else 0.8 * pool.run_ms + 0.2 * ms
         if not job.finished:
             self._settle(pool, job, actor, future)
         self._pump(pool)
@@ -376,7 +401,7 @@ class Dispatcher:
                 log.warning("actor died under job %s (%s); running it again", job.id, type(exc).__name__)
                 job.state = JobState.QUEUED
                 job.running = None
-                pool.pending.appendleft(job)
+                pool.pending.push(job, front=True)
                 return
             message = f"the worker died {job.attempts} times running this job; giving up"
             self.table.finish(job, JobState.FAILED, error=_error(JobErrorCode.WORKER_LOST, message))
@@ -393,6 +418,17 @@ class Dispatcher:
                 self.cache.remember(job.kind, job.args, outcome["ok"])
         else:
             self.table.finish(job, JobState.FAILED, error=outcome["error"])
+
+
+def check_share(queue: FairQueue, kind: str, tenant: str, limit: int) -> None:
+    """Dispatcher.check_capacity's rule for one queue (the fake pools of the unit tier use it too)."""
+    waiting = len(queue)
+    if waiting < limit:
+        return
+    mine = queue.queued(tenant)
+    share = limit // (queue.tenants() + (0 if mine else 1))
+    if mine >= share or waiting >= 2 * limit:
+        raise PoolFull(f"{waiting} {kind} jobs are waiting, {mine} of them yours; try again later")
 
 
 def _error(code: JobErrorCode, message: str) -> dict[str, str]:

@@ -51,13 +51,14 @@ class RequestError(Exception):
     """A client frame that cannot be served; answered with an `error` frame (or an HTTP error)."""
 
     def __init__(self, code: ErrorCode, message: str, ref: str | None = None, job: str | None = None,
-                 loc: tuple[str, ...] = ("body",)) -> None:
+                 loc: tuple[str, ...] = ("body",), retry_after_ms: int | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.ref = ref
         self.job = job
         self.loc = loc  # where in a REST body, as FastAPI's `detail` said it
+        self.retry_after_ms = retry_after_ms  # rate_limited: when to try again
 
 
 class Refused(Exception):
@@ -84,15 +85,26 @@ class StoreUnavailable(Refused):
     """The job store could not save the job."""
 
 
+class TenantQuota(Refused):
+    """The submitting tenant is at one of its quotas (unfinished jobs, submissions a second)."""
+
+    def __init__(self, message: str, retry_after_ms: int) -> None:
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
+
+
 _CODES: dict[type[Exception], ErrorCode] = {
     UnknownKind: ErrorCode.UNKNOWN_KIND,
     InvalidArgs: ErrorCode.INVALID_ARGS,
     PoolFull: ErrorCode.BUSY,
     ConnectionFull: ErrorCode.BUSY,
     StoreUnavailable: ErrorCode.BUSY,
+    TenantQuota: ErrorCode.RATE_LIMITED,
+    Refused: ErrorCode.BUSY,  # a refusal nobody mapped yet: the client may try again
 }
 
 
 def refusal(exc: Refused | InvalidArgs, ref: str | None = None) -> RequestError:
     """The wire error for an inner layer's refusal: the one place where the two vocabularies meet."""
-    return RequestError(_CODES[type(exc)], exc.message, ref)
+    code = next(_CODES[cls] for cls in type(exc).__mro__ if cls in _CODES)  # a new subclass maps as its parent
+    return RequestError(code, exc.message, ref, retry_after_ms=getattr(exc, "retry_after_ms", None))

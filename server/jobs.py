@@ -41,6 +41,8 @@ class Job:
     result: Any = None
     error: dict[str, str] | None = None
     owner: str = ""  # the server that runs it (and resubmits it after a crash)
+    tenant: str = ""  # who submitted it: a token's tenant name, or `@address` without tokens
+    priority: int = 5  # 0-9, 9 first: orders jobs within one tenant's lane only
     restarts: int = 0  # times a server restarted with this job unfinished
     attempts: int = 0
     watchers: dict[Watcher, str | None] = field(default_factory=dict)

@@ -1,5 +1,6 @@
 """What operators watch: Prometheus text on GET /metrics, and the job and pool series in Ray's own metrics
-(`ray.util.metrics`, shown by Ray's dashboard and its Prometheus). Labels are kinds and statuses, never job ids."""
+(`ray.util.metrics`, shown by Ray's dashboard and its Prometheus). Labels are kinds, statuses and named tenants
+(every address tenant is `anonymous`), never job ids."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from server.jobs import Job
+from server.tenants import ANONYMOUS, label
 
 log = logging.getLogger("server.metrics")
 
@@ -21,31 +23,41 @@ STORE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 
 RAY_EVERY = 5.0  # seconds between settings of Ray's pool gauges
 
 PoolStats = Callable[[], dict[str, tuple[int, int, int]]]  # kind -> (actors, queued, running)
+Queued = Callable[[], dict[str, dict[str, int]]]  # kind -> tenant -> jobs queued
 
 
 class _Live(Collector):
     """Gauges read at scrape time: the pools and the open sockets."""
 
-    def __init__(self, pools: PoolStats, connections: Callable[[], int]) -> None:
+    def __init__(self, pools: PoolStats, connections: Callable[[], int], queued: Queued) -> None:
         self.pools = pools
         self.connections = connections
+        self.queued = queued
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         families = {name: GaugeMetricFamily(f"ami_pool_{name}", help_text, labels=["kind"]) for name, help_text in (
-            ("actors", "actors in the kind's pool"), ("queued", "jobs waiting for an actor"),
-            ("running", "jobs running on the pool's actors"))}
-        for kind, values in self.pools().items():
-            for family, value in zip(families.values(), values, strict=True):
-                family.add_metric([kind], value)
+            ("actors", "actors in the kind's pool"), ("running", "jobs running on the pool's actors"))}
+        queued = GaugeMetricFamily("ami_pool_queued", "jobs waiting for an actor, by tenant", labels=["kind", "tenant"])
+        by_tenant = self.queued()
+        for kind, (actors, _, running) in self.pools().items():
+            families["actors"].add_metric([kind], actors)
+            families["running"].add_metric([kind], running)
+            counts: dict[str, int] = {ANONYMOUS: 0}
+            for tenant, count in by_tenant.get(kind, {}).items():
+                counts[label(tenant)] = counts.get(label(tenant), 0) + count
+            for name, count in counts.items():
+                queued.add_metric([kind, name], count)
         yield from families.values()
+        yield queued
         yield GaugeMetricFamily("ami_connections", "open WebSocket connections", value=self.connections())
 
 
 class Metrics:
-    def __init__(self, pools: PoolStats, connections: Callable[[], int]) -> None:
+    def __init__(self, pools: PoolStats, connections: Callable[[], int], queued: Queued) -> None:
         self.pools = pools
         self.registry = CollectorRegistry()
-        self.jobs = Counter("ami_jobs", "jobs ended, by kind and status", ["kind", "status"], registry=self.registry)
+        self.jobs = Counter("ami_jobs", "jobs ended, by kind, status and tenant", ["kind", "status", "tenant"],
+                            registry=self.registry)
         self.job_seconds = Histogram("ami_job_seconds", "submission to result", ["kind"], buckets=JOB_BUCKETS,
                                      registry=self.registry)
         self.frames = Counter("ami_frames", "WebSocket frames, by direction", ["direction"], registry=self.registry)
@@ -55,13 +67,13 @@ class Metrics:
                                 "the others, by reason", ["reason"], registry=self.registry)
         self.store_seconds = Histogram("ami_store_seconds", "a job store write, from asking to durable",
                                        buckets=STORE_BUCKETS, registry=self.registry)
-        self.registry.register(_Live(pools, connections))
+        self.registry.register(_Live(pools, connections, queued))
         self.ray: dict[str, Any] = {}
         self._for_ray: list[tuple[str, str, float]] = []  # jobs ended since Ray's metrics were last told
 
     def job_ended(self, job: Job) -> None:
         status = str(job.state)
-        self.jobs.labels(job.kind, status).inc()
+        self.jobs.labels(job.kind, status, label(job.tenant)).inc()
         if job.finished_at is not None:
             seconds = max(job.finished_at - job.created_at, 0.0)
             self.job_seconds.labels(job.kind).observe(seconds)

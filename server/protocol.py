@@ -36,6 +36,7 @@ class Submit:
     kind: str
     args: dict[str, Any]
     ref: str | None = None
+    priority: int = 5  # 0-9, 9 first, within the submitter's own lane of the kind's queue
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +190,7 @@ def _parse_json(text: str) -> Request:
         args = frame.get("args", {})
         if not isinstance(args, dict):
             raise RequestError(ErrorCode.BAD_REQUEST, "'args' must be a JSON object", ref)
-        return Submit(kind, args, ref)
+        return Submit(kind, args, ref, parse_priority(frame.get("priority", 5), ref))
     if op in ("cancel", "status"):
         job = frame.get("job")
         if not isinstance(job, str) or not job:
@@ -215,6 +216,13 @@ def _parse_json(text: str) -> Request:
     if op == "help":
         return Help(ref)
     raise RequestError(ErrorCode.UNKNOWN_OP, f"unknown op {op!r}; ops are {OPS}", ref)
+
+
+def parse_priority(value: Any, ref: str | None = None) -> int:
+    """A submission's `priority`: an integer 0-9 (default 5)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 9:
+        raise RequestError(ErrorCode.BAD_REQUEST, "'priority' must be an integer from 0 to 9 (9 runs first)", ref)
+    return value
 
 
 def _parse_command(text: str) -> Request:
@@ -272,8 +280,18 @@ def _with_ref(frame: dict[str, Any], ref: str | None) -> dict[str, Any]:
     return frame
 
 
-def accepted_frame(job: Job, ref: str | None) -> dict[str, Any]:
-    return _with_ref({"type": "accepted", "job": job.id, "kind": job.kind}, ref)
+Place = tuple[int, int | None] | None  # a queued job's position (jobs ahead) and eta_ms, or None if not queued
+
+
+def _placed(frame: dict[str, Any], place: Place) -> dict[str, Any]:
+    if place is not None:
+        frame["position"], frame["eta_ms"] = place
+    return frame
+
+
+def accepted_frame(job: Job, ref: str | None, place: Place = None) -> dict[str, Any]:
+    """`accepted`; with `position` and `eta_ms` when the job has to wait for an actor."""
+    return _with_ref(_placed({"type": "accepted", "job": job.id, "kind": job.kind}, place), ref)
 
 
 def result_frame(job: Job, ref: str | None = None) -> dict[str, Any]:
@@ -291,8 +309,11 @@ def result_frame(job: Job, ref: str | None = None) -> dict[str, Any]:
     return frame
 
 
-def status_frame(job: Job, ref: str | None = None) -> dict[str, Any]:
-    return _with_ref({"type": "status", "job": job.id, "kind": job.kind, "state": str(job.visible_state)}, ref)
+def status_frame(job: Job, ref: str | None = None, place: Place = None) -> dict[str, Any]:
+    """`status`; a queued job's carries `position` (0: next) and `eta_ms` (null until the kind has run a job)."""
+    state = job.visible_state
+    frame = {"type": "status", "job": job.id, "kind": job.kind, "state": str(state)}
+    return _with_ref(_placed(frame, place if state is JobState.QUEUED else None), ref)
 
 
 def pong_frame(ref: str | None) -> dict[str, Any]:

@@ -19,8 +19,9 @@ from actors import InvalidArgs
 from server.access import is_json
 from server.errors import HTTP_STATUS, ErrorCode, Refused, RequestError, refusal
 from server.jobs import TERMINAL, Job, JobState
-from server.protocol import load_json
+from server.protocol import load_json, parse_priority
 from server.services import Services
+from server.tenants import Tenant
 
 log = logging.getLogger("server.rest")
 
@@ -55,6 +56,27 @@ def unauthorized(request: Request) -> JSONResponse | None:
     return _problem(401, "unauthorized", "a valid token is required (Authorization: Bearer or ?token=)")
 
 
+def operators_only(request: Request) -> JSONResponse | None:
+    """401 without a valid token; 403 for a valid one that is not an operator's, once AMI_OPERATOR_TOKENS is set."""
+    if (refused := unauthorized(request)) is not None:
+        return refused
+    access = request.app.state.services.access
+    if access.may_operate(access.connection_tenant(request)):
+        return None
+    return _problem(403, "forbidden", "this endpoint is for operators (a token of AMI_OPERATOR_TOKENS)")
+
+
+def _tenant(request: Request) -> Tenant | None:
+    return request.app.state.services.access.connection_tenant(request)
+
+
+async def _visible_job(request: Request, job_id: str) -> Job | None:
+    """The job, if the requester may see it: another tenant's job is answered as one that does not exist."""
+    services = request.app.state.services
+    job = await services.table.lookup(job_id)
+    return job if job is not None and services.access.may_see(_tenant(request), job) else None
+
+
 def cross_site(request: Request) -> JSONResponse | None:
     """A refusal of a write a web page may have sent on a visitor's behalf (CSRF), else None.
 
@@ -73,12 +95,18 @@ def cross_site(request: Request) -> JSONResponse | None:
     return None
 
 
-def _problem(status: int, code: str, message: str, loc: tuple[str, ...] = ("body",)) -> JSONResponse:
-    """An error body; a 422 also carries FastAPI's `detail` list, which old clients may read."""
+def _problem(status: int, code: str, message: str, loc: tuple[str, ...] = ("body",),
+             retry_after_ms: int | None = None) -> JSONResponse:
+    """An error body; a 422 also carries FastAPI's `detail` list, which old clients may read; a 429 says when to
+    try again (`Retry-After` in whole seconds, `retry_after_ms` in the body)."""
     body: dict[str, Any] = {"error": {"code": code, "message": message}}
+    headers = None
+    if retry_after_ms is not None:
+        body["error"]["retry_after_ms"] = retry_after_ms
+        headers = {"Retry-After": str(max(1, -(-retry_after_ms // 1000)))}
     if status == 422:
         body["detail"] = [{"loc": list(loc), "msg": message, "type": f"value_error.{code}"}]
-    return JSONResponse(body, status_code=status)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _old_str(body: dict[str, Any], name: str) -> str:
@@ -123,12 +151,12 @@ async def _body(request: Request) -> dict[str, Any]:
     return body
 
 
-async def _create(services: Services, kind_name: Any, args: Any, callback: bool = False,
-                  loc: tuple[str, ...] = ("body", "args")) -> Job:
+async def _create(services: Services, tenant: Tenant | None, kind_name: Any, args: Any, callback: bool = False,
+                  loc: tuple[str, ...] = ("body", "args"), priority: int = 5) -> Job:
     if not isinstance(args, dict):
         raise RequestError(ErrorCode.BAD_REQUEST, "'args' must be a JSON object", loc=loc)
     try:
-        job = await services.admit_saved(kind_name, args)
+        job = await services.admit_saved(kind_name, args, tenant, priority)
     except (Refused, InvalidArgs) as exc:
         refused = refusal(exc)
         refused.loc = loc
@@ -138,14 +166,17 @@ async def _create(services: Services, kind_name: Any, args: Any, callback: bool 
     return job
 
 
-def _handler(make: Callable[[Services, dict[str, Any]], Awaitable[JSONResponse]]) -> Callable[[Request], Any]:
+Maker = Callable[[Services, Tenant | None, dict[str, Any]], Awaitable[JSONResponse]]
+
+
+def _handler(make: Maker) -> Callable[[Request], Any]:
     async def endpoint(request: Request) -> JSONResponse:
         if (refused := unauthorized(request) or cross_site(request)) is not None:
             return refused
         try:
-            return await make(request.app.state.services, await _body(request))
+            return await make(request.app.state.services, _tenant(request), await _body(request))
         except RequestError as exc:
-            return _problem(HTTP_STATUS.get(exc.code, 422), exc.code, exc.message, exc.loc)
+            return _problem(HTTP_STATUS.get(exc.code, 422), exc.code, exc.message, exc.loc, exc.retry_after_ms)
         except ClientDisconnect:  # the client hung up, or the body missed its deadline: nobody to answer
             log.info("%s %s: the client left before sending the whole body", request.method, request.url.path)
             return JSONResponse(None, status_code=400)
@@ -159,15 +190,16 @@ def _iso(timestamp: float | None) -> str | None:
     return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat()
 
 
-async def post_job(services: Services, body: dict[str, Any]) -> JSONResponse:
-    job = await _create(services, body.get("kind"), body.get("args", {}))
+async def post_job(services: Services, tenant: Tenant | None, body: dict[str, Any]) -> JSONResponse:
+    priority = parse_priority(body.get("priority", 5))
+    job = await _create(services, tenant, body.get("kind"), body.get("args", {}), priority=priority)
     return JSONResponse({"job": job.id}, status_code=201)
 
 
 async def get_job(request: Request) -> JSONResponse:
     if (refused := unauthorized(request)) is not None:
         return refused
-    job = await request.app.state.services.table.lookup(request.path_params["job"])
+    job = await _visible_job(request, request.path_params["job"])
     if job is None:
         return _problem(404, "not_found", "no such job")
     state = job.visible_state
@@ -181,15 +213,15 @@ async def get_job(request: Request) -> JSONResponse:
     return JSONResponse(body)
 
 
-async def post_audio_length(services: Services, body: dict[str, Any]) -> JSONResponse:
+async def post_audio_length(services: Services, tenant: Tenant | None, body: dict[str, Any]) -> JSONResponse:
     url, callback = _old_str(body, "audio_url"), _old_bool(body, "callback")
-    job = await _create(services, "audio.length", {"url": url}, callback, ("body", "audio_url"))
+    job = await _create(services, tenant, "audio.length", {"url": url}, callback, ("body", "audio_url"))
     return JSONResponse({"id": job.id}, status_code=201)
 
 
-async def post_euro_results(services: Services, body: dict[str, Any]) -> JSONResponse:
+async def post_euro_results(services: Services, tenant: Tenant | None, body: dict[str, Any]) -> JSONResponse:
     date, callback = _old_str(body, "draw_date"), _old_bool(body, "callback")
-    job = await _create(services, "euro.results", {"date": date}, callback, ("body", "draw_date"))
+    job = await _create(services, tenant, "euro.results", {"date": date}, callback, ("body", "draw_date"))
     return JSONResponse({"id": job.id}, status_code=201)
 
 
@@ -208,7 +240,7 @@ async def get_task(request: Request) -> JSONResponse:
         return refused
     services = request.app.state.services
     task = request.path_params["task"]
-    job = await services.table.lookup(task)
+    job = await _visible_job(request, task)
     if job is None:  # the old body's shape, with a status no old client waits on
         return JSONResponse({"id": task, "status": "NOT_FOUND", "error": "no such task", "result": None},
                             status_code=404)
@@ -224,7 +256,7 @@ async def get_task(request: Request) -> JSONResponse:
 
 
 async def get_pools(request: Request) -> JSONResponse:
-    if (refused := unauthorized(request)) is not None:
+    if (refused := operators_only(request)) is not None:
         return refused
     services = request.app.state.services
     with contextlib.suppress(TimeoutError):
@@ -232,26 +264,35 @@ async def get_pools(request: Request) -> JSONResponse:
     return JSONResponse({"pools": [pool.describe() for pool in services.dispatcher.pools.values()]})
 
 
+def _detail_allowed(request: Request) -> bool:
+    access = request.app.state.services.access
+    return access.may_operate(access.connection_tenant(request))
+
+
 async def readyz(request: Request) -> JSONResponse:
-    """Ready to serve jobs: Ray reachable, the store writable, every pool's actors started (503 with why)."""
-    if (refused := unauthorized(request)) is not None:
-        return refused
+    """Ready to serve jobs: Ray reachable, the store writable, every pool's actors started (503 if not). Probes
+    send no token, so anyone gets the status; why it is not ready is for operators (anyone, without tokens)."""
     reasons = request.app.state.services.readiness()
-    return JSONResponse({"ready": not reasons, "reasons": reasons}, status_code=503 if reasons else 200)
+    body: dict[str, Any] = {"ready": not reasons}
+    if _detail_allowed(request):
+        body["reasons"] = reasons
+    return JSONResponse(body, status_code=503 if reasons else 200)
 
 
 async def metrics(request: Request) -> Response:
-    if (refused := unauthorized(request)) is not None:
+    if (refused := operators_only(request)) is not None:
         return refused
     return Response(request.app.state.services.metrics.text(), media_type=CONTENT_TYPE_LATEST)
 
 
 async def healthz(request: Request) -> JSONResponse:
-    if (refused := unauthorized(request)) is not None:
-        return refused
+    """Alive: the process answers and its store is usable (503 if not); the reason is for operators."""
     problem = request.app.state.services.store.health()
     if problem is not None:
-        return JSONResponse({"ok": False, "reason": problem}, status_code=503)
+        body: dict[str, Any] = {"ok": False}
+        if _detail_allowed(request):
+            body["reason"] = problem
+        return JSONResponse(body, status_code=503)
     return JSONResponse({"ok": True})
 
 

@@ -21,6 +21,7 @@ from server.protocol import kinds_frame
 from server.raysetup import RayInfo, ray_session, record_processes
 from server.store import ResultCache, Saved, Store, open_store, purge_forever
 from server.table import JobTable
+from server.tenants import Quotas, Tenant
 
 log = logging.getLogger("server.services")
 
@@ -38,7 +39,11 @@ class Dispatching(Protocol):
 
     async def close(self) -> None: ...
 
-    def check_capacity(self, kind: str) -> None: ...
+    def check_capacity(self, kind: str, tenant: str = "") -> None: ...
+
+    def position(self, job: Job) -> tuple[int, int | None] | None: ...
+
+    def queued_by_tenant(self) -> dict[str, dict[str, int]]: ...
 
     def stats(self) -> dict[str, tuple[int, int, int]]: ...
 
@@ -72,8 +77,10 @@ class Services:
         self.kinds: dict[str, JobKind] = {
             name: kind for name, kind in all_kinds().items() if not kind.optional or settings.enable_echo
         }
-        self.metrics = Metrics(lambda: self.dispatcher.stats(), lambda: len(self.sessions))
-        self.table = JobTable(store, self.metrics)
+        self.metrics = Metrics(lambda: self.dispatcher.stats(), lambda: len(self.sessions),
+                               lambda: self.dispatcher.queued_by_tenant())
+        self.quotas = Quotas(settings.tenant_max_unfinished, settings.tenant_submits_per_s)
+        self.table = JobTable(store, self)
         self.dispatcher = make_dispatcher(settings, self.table, self.kinds, store)
         self._background: set[asyncio.Task[Any]] = set()
         self.sessions: set[Any] = set()  # the open sockets' sessions
@@ -98,18 +105,27 @@ class Services:
                     for kind, count in self.dispatcher.not_started().items()]
         return reasons
 
+    # The job table's observer: the metrics, and the quotas that count each tenant's unfinished jobs.
+    def job_ended(self, job: Job) -> None:
+        self.quotas.release(job)
+        self.metrics.job_ended(job)
+
+    def store_write(self, seconds: float) -> None:
+        self.metrics.store_write(seconds)
+
     def kinds_frame(self, ref: str | None) -> dict[str, Any]:
         return kinds_frame(self._kinds, ref) if ref is not None else self._kinds_frame
 
-    def admit(self, kind_name: Any, args: Any, ref: str | None = None, origin: Origin | None = None
-              ) -> tuple[Job, Saved]:
+    def admit(self, kind_name: Any, args: Any, ref: str | None = None, origin: Origin | None = None,
+              tenant: Tenant | None = None, priority: int = 5) -> tuple[Job, Saved]:
         """Make a job of a submission, or refuse it: the only way in, for the socket and REST alike.
 
         Checks the kind, the args (its schema, then its meaning), the submitter's and the pool's limits,
         then saves the job and starts it at once: the save and the run overlap, so a store round trip is
         not added to every job. Writes are applied in order, so its result is saved (and pushed) only
         after the returned future says the job itself was saved. Raises UnknownKind, InvalidArgs,
-        ConnectionFull or PoolFull; the future resolves False (the job then withdrawn) if the save failed.
+        ConnectionFull, TenantQuota or PoolFull; the future resolves False (the job then withdrawn) if the save
+        failed. `tenant` owns the job (its quotas apply, its lane of the kind's queue holds it).
         """
         kind = self.kinds.get(kind_name) if isinstance(kind_name, str) else None
         if kind is None:
@@ -117,8 +133,11 @@ class Services:
         args = kind.check(args)
         if origin is not None and origin.unfinished >= self.settings.max_jobs_per_connection:
             raise ConnectionFull(f"this connection has {origin.unfinished} unfinished jobs; wait for some results")
-        self.dispatcher.check_capacity(kind.name)
-        job = Job(kind.name, args, ref, owner=self.owner)
+        name = tenant.name if tenant is not None else ""
+        self.dispatcher.check_capacity(kind.name, name)
+        self.quotas.check(name, asyncio.get_running_loop().time())
+        job = Job(kind.name, args, ref, owner=self.owner, tenant=name, priority=priority)
+        self.quotas.count(job)
         saved = self.table.put(job)
         saved.add_done_callback(lambda done: None if done.result() else self._withdraw(job))
         self.run(job)
@@ -127,10 +146,11 @@ class Services:
     def _withdraw(self, job: Job) -> None:
         self.dispatcher.cancel(job)
         self.table.drop(job)
+        self.quotas.release(job)
 
-    async def admit_saved(self, kind_name: Any, args: Any) -> Job:
+    async def admit_saved(self, kind_name: Any, args: Any, tenant: Tenant | None = None, priority: int = 5) -> Job:
         """`admit`, once the job is saved (REST answers only then); StoreUnavailable if it could not be."""
-        job, saved = self.admit(kind_name, args)
+        job, saved = self.admit(kind_name, args, tenant=tenant, priority=priority)
         if not await saved:
             raise StoreUnavailable("the job store cannot save jobs right now; try again")
         return job
@@ -202,6 +222,7 @@ class Services:
         job.restarts = saved.restarts + 1
         job.state = JobState.QUEUED
         job.owner = self.owner  # it is this server's now (saved again below)
+        self.quotas.count(job)
         if job.restarts > MAX_RESTARTS:
             self.table.add(job)
             message = f"the server stopped {job.restarts - 1} times while this job ran; giving up"

@@ -36,6 +36,7 @@ from server.protocol import (
     status_frame,
 )
 from server.services import Services
+from server.tenants import Tenant
 
 log = logging.getLogger("server.session")
 
@@ -66,10 +67,11 @@ class Session:
     be sent, so thousands of idle sockets cost what uvicorn and the socket cost, little more.
     """
 
-    def __init__(self, websocket: WebSocket, services: Services, authorized: bool = True) -> None:
+    def __init__(self, websocket: WebSocket, services: Services, tenant: Tenant | None) -> None:
         self.websocket = websocket
         self.services = services
-        self.authorized = authorized  # False until an `auth` frame presents a valid token
+        self.tenant = tenant  # who this client is; None until an `auth` frame presents a valid token
+        self.authorized = tenant is not None
         self.limit = services.settings.max_outbox_bytes
         self.outbox: deque[Item] | None = None  # frames waiting for the writer, while there are any
         self.queued = 0  # bytes in the outbox
@@ -278,7 +280,7 @@ class Session:
                                                           "are in; open another to do more", request.ref)
             await self.handle(request)
         except RequestError as exc:
-            self.push(error_frame(exc.code, exc.message, exc.ref, exc.job))
+            self.push(error_frame(exc.code, exc.message, exc.ref, exc.job, exc.retry_after_ms))
         except Exception:  # a bug met by one frame: answer it, keep the connection, tell the operator once
             if not self._failed:
                 self._failed = True
@@ -290,8 +292,8 @@ class Session:
     async def handle(self, request: Request) -> None:
         services = self.services
         match request:
-            case Submit(kind, args, ref):
-                self.submit(kind, args, ref)  # no await: a socket's submissions are saved in batches
+            case Submit(kind, args, ref, priority):
+                self.submit(kind, args, ref, priority)  # no await: a socket's submissions are saved in batches
             case Watch(jobs, ref):
                 for job_id in jobs:
                     await self._make_room()
@@ -302,7 +304,8 @@ class Session:
                     except RequestError as exc:
                         self.push(error_frame(exc.code, exc.message, exc.ref, exc.job))
             case Status(job_id, ref):
-                self.push(status_frame(await self._job(job_id, ref), ref))
+                job = await self._job(job_id, ref)
+                self.push(status_frame(job, ref, services.dispatcher.position(job)))
             case Cancel(job_id, ref):
                 job = await self._job(job_id, ref)
                 self._watch(job, ref)  # the cancelled (or earlier) result goes to the canceller too
@@ -317,15 +320,17 @@ class Session:
                 self.done = True
                 self._close_if_done()
             case Auth(token, ref):
-                self.authorized = services.access.token_valid(token)
+                client = self.websocket.client
+                self.tenant = services.access.tenant(token, client.host if client else None)
+                self.authorized = self.tenant is not None
                 if self.authorized:
                     self.push(authorized_frame(ref))
                 else:
                     self._refuse(ref)
 
-    def submit(self, kind: str, args: dict[str, Any], ref: str | None) -> None:
+    def submit(self, kind: str, args: dict[str, Any], ref: str | None, priority: int = 5) -> None:
         try:
-            job, saved = self.services.admit(kind, args, ref, origin=self)
+            job, saved = self.services.admit(kind, args, ref, origin=self, tenant=self.tenant, priority=priority)
         except (Refused, InvalidArgs) as exc:
             raise refusal(exc, ref) from None
 
@@ -334,7 +339,7 @@ class Session:
             if not done.result():
                 self.push(error_frame(ErrorCode.BUSY, "the job store cannot save jobs right now; try again", ref))
             else:
-                self.push(accepted_frame(job, ref))
+                self.push(accepted_frame(job, ref, self.services.dispatcher.position(job)))
                 self._watch(job, ref)
             self._close_if_done()
 
@@ -350,7 +355,7 @@ class Session:
 
     async def _job(self, job_id: str, ref: str | None) -> Job:
         job = await self.services.table.lookup(job_id)
-        if job is None:
+        if job is None or not self.services.access.may_see(self.tenant, job):  # another tenant's: as if none
             raise RequestError(ErrorCode.NOT_FOUND, f"no job {job_id!r}", ref, job_id)
         return job
 

@@ -77,14 +77,16 @@ def to_record(job: Job) -> dict[str, Any]:
     return {
         "id": job.id, "kind": job.kind, "args": job.args, "ref": job.ref, "owner": job.owner,
         "state": str(job.state), "created_at": job.created_at, "finished_at": job.finished_at,
-        "result": job.result, "error": job.error, "restarts": job.restarts,
+        "result": job.result, "error": job.error, "restarts": job.restarts, "tenant": job.tenant,
+        "priority": job.priority,
     }
 
 
 def from_record(record: dict[str, Any]) -> Job:
     job = Job(record["kind"], record["args"], record.get("ref"), id=record["id"], owner=record.get("owner") or "",
               state=JobState(record["state"]), created_at=float(record["created_at"]),
-              restarts=int(record.get("restarts") or 0))
+              restarts=int(record.get("restarts") or 0), tenant=record.get("tenant") or "",
+              priority=int(record.get("priority") or 0) if record.get("priority") is not None else 5)
     job.finished_at = record.get("finished_at")
     job.result = record.get("result")
     job.error = record.get("error")
@@ -178,7 +180,8 @@ class SqliteStore(Store):
         CREATE TABLE IF NOT EXISTS jobs (
             id TEXT PRIMARY KEY, kind TEXT NOT NULL, args TEXT NOT NULL, ref TEXT, owner TEXT NOT NULL,
             state TEXT NOT NULL, created_at REAL NOT NULL, finished_at REAL, result TEXT, error TEXT,
-            restarts INTEGER NOT NULL DEFAULT 0);
+            restarts INTEGER NOT NULL DEFAULT 0, tenant TEXT NOT NULL DEFAULT '',
+            priority INTEGER NOT NULL DEFAULT 5);
         CREATE INDEX IF NOT EXISTS jobs_unfinished ON jobs (owner) WHERE finished_at IS NULL;
         CREATE INDEX IF NOT EXISTS jobs_finished_at ON jobs (finished_at);
         CREATE TABLE IF NOT EXISTS results (kind TEXT NOT NULL, key TEXT NOT NULL, result TEXT NOT NULL,
@@ -186,7 +189,8 @@ class SqliteStore(Store):
     """
     REMEMBER = "INSERT OR REPLACE INTO results (kind, key, result) VALUES (?, ?, ?)"
     INSERT = ("INSERT OR REPLACE INTO jobs (id, kind, args, ref, owner, state, created_at, finished_at, result, "
-              "error, restarts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+              "error, restarts, tenant, priority) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+    ADDED_COLUMNS = {"tenant": "TEXT NOT NULL DEFAULT ''", "priority": "INTEGER NOT NULL DEFAULT 5"}
     FINISH = "UPDATE jobs SET state = ?, finished_at = ?, result = ?, error = ? WHERE id = ?"
 
     def __init__(self, path: Path) -> None:
@@ -207,6 +211,10 @@ class SqliteStore(Store):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         connection = self._connect()
         connection.executescript(self.SCHEMA)
+        have = {row[1] for row in connection.execute("PRAGMA table_info(jobs)")}
+        for column, definition in self.ADDED_COLUMNS.items():  # a file written before tenants existed
+            if column not in have:
+                connection.execute(f"ALTER TABLE jobs ADD COLUMN {column} {definition}")
         connection.close()
         self._read = await self.loop.run_in_executor(self._reader, self._connect)
         self._thread = threading.Thread(target=self._write_batches, name="store-write", daemon=True)
@@ -226,7 +234,7 @@ class SqliteStore(Store):
     def put(self, job: Job) -> Saved:
         return self._write(self.INSERT, (
             job.id, job.kind, json.dumps(job.args), job.ref, job.owner, str(job.state), job.created_at,
-            job.finished_at, _dump(job.result), _dump(job.error), job.restarts))
+            job.finished_at, _dump(job.result), _dump(job.error), job.restarts, job.tenant, job.priority))
 
     def finish(self, job: Job) -> Saved:
         return self._write(self.FINISH, (str(job.state), job.finished_at, _dump(job.result), _dump(job.error), job.id))

@@ -164,10 +164,16 @@ def test_a_token_in_the_first_frame(guarded: ServerThread) -> None:
 
 
 def test_operator_endpoints_need_the_token(guarded: ServerThread) -> None:
-    for path in ("/pools", "/config.json", "/healthz"):
+    for path in ("/pools", "/config.json", "/metrics"):
         assert requests.get(guarded.url + path, timeout=10).status_code == 401, path
         assert requests.get(guarded.url + path, headers={"Authorization": "Bearer s3cret"},
                             timeout=30).status_code == 200, path
+    # Probes send no token: they get the status, and only a token holder gets the reasons.
+    assert requests.get(guarded.url + "/healthz", timeout=10).json() == {"ok": True}
+    ready = requests.get(guarded.url + "/readyz", timeout=30)
+    assert ready.status_code == 200 and ready.json() == {"ready": True}
+    assert requests.get(guarded.url + "/readyz", headers={"Authorization": "Bearer s3cret"},
+                        timeout=30).json() == {"ready": True, "reasons": []}
     assert requests.get(guarded.url + "/", timeout=10).status_code == 200  # the page itself holds no secret
 
 
@@ -192,10 +198,15 @@ def test_tokens_never_reach_the_log(tmp_path: Path) -> None:
 
         assert run(refused()) == 4001
         assert requests.get(f"http://127.0.0.1:{port}/pools?token=Tok3nValue", timeout=30).status_code == 200
+        posted = requests.post(f"http://127.0.0.1:{port}/jobs?token=Tok3nValue", json={"kind": "echo", "args": {}},
+                               timeout=30)
+        job = posted.json()["job"]
+        assert requests.get(f"http://127.0.0.1:{port}/jobs/{job}?token=Tok3nValue", timeout=30).status_code == 200
         assert process.stop() == 0
         log = "".join(process.output)
         assert "token=***" in log, "the request lines are logged, redacted"
         assert "Tok3nValue" not in log and "Wr0ngValue" not in log
+        assert "/jobs/{id}?token=***" in log and job not in log, "a job id in a log would let its reader use it"
     finally:
         if process.popen.poll() is None:
             process.kill()

@@ -384,7 +384,8 @@ def test_metrics_and_readiness_for_operators(server: ServerThread) -> None:
 
     server.wait_ready()
     before = scrape()
-    succeeded = ("ami_jobs_total", (("kind", "echo"), ("status", "succeeded")))
+    # Without tokens every client is an address tenant: counted as `anonymous`, so the label set stays bounded.
+    succeeded = ("ami_jobs_total", (("kind", "echo"), ("status", "succeeded"), ("tenant", "anonymous")))
 
     async def scenario() -> None:
         async with await Client.connect(server.ws_url) as client:
@@ -398,7 +399,7 @@ def test_metrics_and_readiness_for_operators(server: ServerThread) -> None:
             assert after[("ami_job_seconds_count", (("kind", "echo"),))] >= 5
             assert after[("ami_store_seconds_count", ())] >= 10  # each job's save and its result's
             assert after[("ami_pool_actors", (("kind", "echo"),))] == 2
-            assert ("ami_pool_queued", (("kind", "audio.length"),)) in after
+            assert ("ami_pool_queued", (("kind", "audio.length"), ("tenant", "anonymous"))) in after
             assert all("job" not in dict(labels) for _, labels in after), "never a job id as a label"
 
     run(scenario())

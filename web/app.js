@@ -8,6 +8,7 @@ const STORAGE_KEY = "ami.jobs.v2";
 const OLD_STORAGE_KEY = "ami.jobs.v1";  // kept display labels as states; read once, then dropped
 const TOKEN_KEY = "ami.token";  // sessionStorage: this tab only, never in the URL, history or server logs
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+const QUEUE_POLL_MS = 2000;
 const LABELS = { sending: "sending", queued: "queued", running: "running", succeeded: "done", failed: "failed",
                  cancelled: "cancelled" };
 const FROM_LABEL = { done: "succeeded" };
@@ -93,12 +94,17 @@ async function start() {
     const row = rows.get(detail.ref);
     if (!row) return;
     byJob.set(detail.job, row);
-    update(row, { job: detail.job, state: "queued" });
+    update(row, { job: detail.job, state: "queued", position: detail.position, etaMs: detail.etaMs });
   });
   client.addEventListener("state", ({ detail }) => {
     const row = byJob.get(detail.job);
-    if (row && !TERMINAL.has(row.state)) update(row, { state: detail.state });
+    if (row && !TERMINAL.has(row.state)) update(row, { state: detail.state, position: detail.position, etaMs: detail.etaMs });
   });
+  // A queued job's place in the queue changes as the jobs ahead of it start: ask again every few seconds.
+  setInterval(() => {
+    if (!client.open) return;
+    for (const row of rows.values()) if (row.job && row.state === "queued") client.status(row.job);
+  }, QUEUE_POLL_MS);
   client.addEventListener("result", ({ detail }) => {
     const row = byJob.get(detail.job);
     if (row) update(row, { state: detail.state, result: detail.result, error: detail.error, elapsedMs: detail.elapsedMs });
@@ -157,6 +163,7 @@ function render(row) {
   tr.querySelector(".input").textContent = row.input;
   const state = tr.querySelector(".state");
   state.textContent = LABELS[row.state] || row.state;
+  if (row.state === "queued" && row.position != null) state.textContent += ` (${queuePlace(row)})`;
   state.dataset.state = row.state;
   tr.querySelector(".time").textContent = formatElapsed(row.elapsedMs);
   renderResult(tr.querySelector(".result"), row);
@@ -172,6 +179,12 @@ function render(row) {
     actions.append(button);
   }
   $("#empty").hidden = rows.size > 0;
+}
+
+// "next" or "3 ahead", and "about 2 s" once the server can tell.
+function queuePlace(row) {
+  const place = row.position === 0 ? "next" : `${row.position} ahead`;
+  return row.etaMs == null ? place : `${place}, about ${formatElapsed(row.etaMs)}`;
 }
 
 function renderResult(cell, row) {

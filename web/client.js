@@ -54,6 +54,11 @@ export class Client extends EventTarget {
     this.#send({ op: "cancel", job });
   }
 
+  // Ask where a job stands; the answer comes as a `state` event (with its place in the queue while queued).
+  status(job) {
+    this.#send({ op: "status", job });
+  }
+
   watch(jobs) {
     if (jobs.length) this.#send({ op: "watch", jobs, ref: "watch" });
   }
@@ -86,11 +91,15 @@ export class Client extends EventTarget {
         this.#ready();
         break;
       case "accepted":
-        this.#emit("accepted", { ref: frame.ref, job: frame.job });
+        this.#emit("accepted", { ref: frame.ref, job: frame.job, position: frame.position ?? null,
+                                 etaMs: frame.eta_ms ?? null });
         this.#send({ op: "status", job: frame.job });
         break;
       case "status":
-        if (!TERMINAL.has(frame.state)) this.#emit("state", { job: frame.job, state: frame.state });
+        if (!TERMINAL.has(frame.state)) {
+          this.#emit("state", { job: frame.job, state: frame.state, position: frame.position ?? null,
+                                etaMs: frame.eta_ms ?? null });
+        }
         break;
       case "result":
         this.#emit("result", { job: frame.job, state: frame.status, result: frame.result ?? null,

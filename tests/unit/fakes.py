@@ -44,7 +44,13 @@ class FakeDispatcher:
     def not_started(self) -> dict[str, int]:
         return {}
 
-    def check_capacity(self, kind: str) -> None:
+    def position(self, job: Job) -> tuple[int, int | None] | None:
+        return None
+
+    def queued_by_tenant(self) -> dict[str, dict[str, int]]:
+        return {}
+
+    def check_capacity(self, kind: str, tenant: str = "") -> None:
         if kind not in self.pools:
             raise PoolFull(f"no actors serve {kind} on this server")
         if len(self.held) >= self.settings.max_pending:
