@@ -92,12 +92,20 @@ async def run(url: str, token: str | None, commands: list[tuple[str, list[Any]]]
                     emit(result.frame)
                 elif verb == "watch":
                     await client.watch(arguments)
-                    for result in await asyncio.gather(*(client.result(job) for job in arguments)):
-                        failed |= not result.ok
-                        emit(result.frame)
+                    for job, outcome in zip(arguments, await asyncio.gather(
+                            *(client.result(job) for job in arguments), return_exceptions=True), strict=True):
+                        if isinstance(outcome, Refused):  # an id the server does not know
+                            failed = True
+                            emit({"type": "error", "code": outcome.code, "message": outcome.message, "job": job})
+                        elif isinstance(outcome, BaseException):
+                            raise outcome
+                        else:
+                            failed |= not outcome.ok
+                            emit(outcome.frame)
                 else:
                     for job in arguments:
-                        emit({"type": "status", "job": job, "state": await client.status(job)})
+                        frame = await client.status_frame(job)
+                        emit({key: value for key, value in frame.items() if key != "ref"})
             except Refused as refused:
                 failed = True
                 emit({"type": "error", "code": refused.code, "message": refused.message})

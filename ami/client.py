@@ -84,6 +84,8 @@ class Client:
         self._closing = False
         self._failure: Error | None = None
         self._pacing = asyncio.Lock()  # held by the request retrying after `rate_limited`
+        self._paced = 0  # requests refused with `rate_limited` and not yet served
+        self._interval = 0.0  # seconds between paced retries: the longest retry_after_ms of this episode
 
     async def __aenter__(self) -> Client:
         await self.connect()
@@ -146,7 +148,11 @@ class Client:
 
     async def status(self, job: str) -> str:
         """`queued`, `running`, `succeeded`, `failed` or `cancelled` (Refused with `not_found` if unknown)."""
-        return str((await self._request({"op": "status", "job": job}))["state"])
+        return str((await self.status_frame(job))["state"])
+
+    async def status_frame(self, job: str) -> dict[str, Any]:
+        """The server's whole `status` frame: `kind`, `state`, and `position` and `eta_ms` while queued."""
+        return await self._request({"op": "status", "job": job})
 
     async def cancel(self, job: str) -> None:
         await self._send({"op": "cancel", "job": job, "ref": next(self._refs)})
@@ -207,6 +213,13 @@ class Client:
                 future = self._results[result.job] = asyncio.get_running_loop().create_future()
             future.set_result(result)
             self._stream.put_nowait(result)
+        elif kind == "error" and frame.get("code") == "not_found" and frame.get("job") in self._results:
+            future = self._results[frame["job"]]  # watched, but the server knows no such job: say so, never hang
+            if not future.done():
+                future.set_exception(Refused("not_found", str(frame.get("message", "")), ref))
+                future.exception()  # retrieved: nobody may be waiting
+            if ref is not None and ref in self._answers:
+                self._answers.pop(ref).set_result(frame)
         elif ref is not None and ref in self._answers and kind != "result":
             answer = self._answers.pop(ref)
             if not answer.done():
@@ -215,16 +228,28 @@ class Client:
     async def _request(self, frame: dict[str, Any]) -> dict[str, Any]:
         """Send a request and await its answer; a `rate_limited` one is sent again after `retry_after_ms`,
         one retry at a time, so a burst that met the server's frame budget is paced instead of repeated."""
-        if self._pacing.locked():  # retries are being paced: a new frame now would take their turn
+        if self._paced:  # retries are being paced: a new frame now would take their turn
             async with self._pacing:
                 ref, reply = await self._ask(frame)
         else:
             ref, reply = await self._ask(frame)
         if _rate_limited(reply):
-            async with self._pacing:
-                while _rate_limited(reply):
-                    await asyncio.sleep(_retry_after(reply))
-                    ref, reply = await self._ask(frame)
+            # A refusal's retry_after_ms is stale by the time this request's turn comes (others went first), so
+            # every paced retry waits the longest delay the server asked for in this episode: a frame's worth of
+            # budget. Sent one at a time that often, the retries go out no faster than the server allows.
+            self._paced += 1
+            self._interval = max(self._interval, _retry_after(reply))
+            try:
+                async with self._pacing:
+                    while _rate_limited(reply):
+                        await asyncio.sleep(self._interval)
+                        ref, reply = await self._ask(frame)
+                        if _rate_limited(reply):
+                            self._interval = max(self._interval, _retry_after(reply))
+            finally:
+                self._paced -= 1
+                if not self._paced:
+                    self._interval = 0.0
         if reply.get("type") == "error":
             raise Refused(str(reply["code"]), str(reply["message"]), ref)
         return reply

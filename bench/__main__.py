@@ -49,6 +49,7 @@ def main() -> None:
     slow = section("a client that never reads", bench.slow_reader)
     flood = section("a client that floods", bench.flood)
     slowloris = section("slowloris sockets", bench.slowloris)
+    fairness = section("two tenants, one flooding", bench.fairness)
     audio = section("audio", bench.audio)
     cold = section("cold start", bench.cold_start)
 
@@ -62,7 +63,7 @@ def main() -> None:
 
     shutil.rmtree(bench.tmp, ignore_errors=True)
     results = Results(options.quick, bench.runs, time.time() - started, [label for label, *_ in bench.shapes()],
-                      stores, raw, served, polls, conns, slow, audio, cold, flood, slowloris)
+                      stores, raw, served, polls, conns, slow, audio, cold, flood, slowloris, fairness)
     write_report(results, Path(options.out))
     bench.log(f"wrote {options.out}")
 

@@ -358,6 +358,14 @@ class Bench:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         return out
 
+    def fairness(self) -> dict[str, Any]:
+        """Tenant B's jobs with tenant A idle, then while A submits ten times what the kind can run."""
+        from bench.fairness import measure
+
+        out = measure(self.tmp, self.quick)
+        self.log(f"  fairness: {out}")
+        return out
+
     # --- audio -----------------------------------------------------------------------------------
 
     def audio(self) -> dict[str, Any]:

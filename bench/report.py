@@ -59,6 +59,14 @@ def misbehaving(results: Results) -> list[str]:
     for label, s in slowloris.items():
         out.append(f"| {s['sockets']:,.0f} {label} | {s['refused (429)']:,.0f} | {s['timed out (408)']:,.0f} | "
                    f"{s['left']:,.0f} | {s['connect p50']:.2f} | {s['connect max']:.2f} |")
+    fair = results.fairness
+    if fair:
+        out += ["", "Two tenants on `audio.length` (one actor, 16 slots): tenant A submits 800 jobs a second at a "
+                    "host that answers in 200 ms (ten times what the slots run), tenant B 4 a second at one that "
+                    "answers at once. B's jobs, accepted to result (the server's `elapsed_ms`), milliseconds:", "",
+                "| tenant B | p50 | p95 |", "|---|---|---|",
+                f"| A idle | {fair['alone p50']:.1f} | {fair['alone p95']:.1f} |",
+                f"| A flooding ({fair['A sent']:,} submitted) | {fair['flood p50']:.1f} | {fair['flood p95']:.1f} |"]
     return out
 
 

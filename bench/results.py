@@ -24,6 +24,7 @@ class Results:
     cold: list[float]
     flood: dict[str, Any] = field(default_factory=dict)  # another client alone and during a flood; the flooder
     slowloris: dict[str, Any] = field(default_factory=dict)  # by where the sockets come from
+    fairness: dict[str, Any] = field(default_factory=dict)  # a light tenant's jobs beside a heavy one
 
     @property
     def best_raw(self) -> Figure:

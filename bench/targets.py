@@ -54,4 +54,9 @@ def targets(results: Results) -> list[tuple[str, bool]]:
              during["ping p99"] <= 50 and during["echo p99"] <= 100),
             (f"no slowloris socket left 15 s later: {left:.0f} left", left == 0),
         ]
+    if results.fairness:
+        fair = results.fairness
+        ratio = fair["flood p95"] / max(fair["alone p95"], 1e-9)
+        goals.append((f"a light tenant's p95 beside a flooding one <= 1.2x its p95 alone: {fair['flood p95']:.1f} "
+                      f"against {fair['alone p95']:.1f} ms ({ratio:.2f}x)", ratio <= 1.2))
     return goals

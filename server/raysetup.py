@@ -35,6 +35,19 @@ class RayInfo:
     processes_file: Path | None = None  # where the embedded Ray's processes are recorded
 
 
+def keep_on_loopback() -> None:
+    """Make the embedded Ray take 127.0.0.1 as its node's address, so that it listens on loopback only.
+
+    Ray 2.60 ignores `_node_ip_address="127.0.0.1"` and registers the node under the machine's reachable address
+    unless clusters are "disabled" (its switch for macOS and Windows): its processes read the variable when they
+    import Ray, and this process, which has imported it already, reads the constant. Never when joining a cluster,
+    whose other nodes must reach this one."""
+    from ray._private import ray_constants
+
+    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
 @contextmanager
 def ray_session(settings: Settings) -> Iterator[RayInfo]:
     """Embedded local Ray, the cluster at RAY_ADDRESS, or the Ray this process already runs (tests)."""
@@ -54,6 +67,7 @@ def ray_session(settings: Settings) -> Iterator[RayInfo]:
         )
     else:
         reap_orphans(settings.data_dir / PROCESSES_FILE)
+        keep_on_loopback()
         context = ray.init(
             address="local",  # never attach to a stale cluster by accident
             _node_ip_address=LOOPBACK,  # an embedded Ray serves this process only: nothing of it on the network

@@ -105,9 +105,17 @@ def test_the_ami_command(server: ServerThread, http: FixtureHTTP) -> None:
     results = json_lines(piped.stdout)
     assert sorted(r["kind"] for r in results) == ["audio.length", "echo", "euro.results"]
     job = next(r["job"] for r in results if r["kind"] == "echo")
-    assert json_lines(cli(*url, "status", job).stdout) == [{"type": "status", "job": job, "state": "succeeded"}]
+    assert json_lines(cli(*url, "status", job).stdout) == [{"type": "status", "job": job, "kind": "echo",
+                                                            "state": "succeeded"}]
+    status_of_none = cli(*url, "status", "0" * 32)
+    assert status_of_none.returncode == 1 and json_lines(status_of_none.stdout)[0]["code"] == "not_found"
     watched = cli(*url, "watch", job)
     assert watched.returncode == 0 and json_lines(watched.stdout)[0]["result"] == {"x": 1}
+    never = "0" * 32
+    unknown = cli(*url, "--timeout", "60", "watch", job, never)  # answered at once: never a hang
+    assert unknown.returncode == 1, unknown.stderr
+    lines = json_lines(unknown.stdout)
+    assert lines[0]["result"] == {"x": 1} and (lines[1]["code"], lines[1]["job"]) == ("not_found", never)
 
     assert cli(*url, "frobnicate").returncode == 2
     assert cli("--url", "ws://127.0.0.1:9/ws", "euro", "2024-03-26").returncode == 2

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ipaddress
 import os
 import resource
 import signal
@@ -188,3 +190,38 @@ def test_a_busy_dashboard_port_moves_to_a_free_one(tmp_path: Path) -> None:
         taken.close()
         if process.popen.poll() is None:
             process.kill()
+
+
+def test_nothing_of_the_embedded_ray_listens_beyond_loopback(tmp_path: Path) -> None:
+    """Every listening socket of the server's process tree (uvicorn, GCS, raylet, object manager, workers, agents,
+    metrics export, dashboard) is on loopback, without the switch the tests set for their own Ray."""
+    port = free_port()
+    process = server_process("--port", str(port), "--enable-echo", "--data-dir", str(tmp_path),
+                             "--pools", "audio.length=0,euro.results=0,echo=1", "--ray-num-cpus", "1",
+                             "--object-store-mb", "100", env={"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": None})
+    try:
+        process.wait_for_line(lambda line: line.startswith("Socket:"))
+        assert run(first_echo(f"ws://127.0.0.1:{port}/ws")) == {"n": 1}  # the actors and their workers are up
+        tree = [psutil.Process(process.popen.pid), *psutil.Process(process.popen.pid).children(recursive=True)]
+        listening: dict[tuple[str, int], str] = {}
+        for proc in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                for conn in proc.net_connections(kind="inet"):
+                    if conn.status == psutil.CONN_LISTEN:
+                        listening[(conn.laddr.ip, conn.laddr.port)] = " ".join(proc.cmdline()[:2])[:100]
+        assert len(listening) >= 5, listening  # uvicorn, the GCS, the raylet, its object manager, the dashboard...
+        outside = {address: who for address, who in listening.items() if not loopback(address[0])}
+        assert outside == {}, f"listening beyond loopback: {outside}"
+    finally:
+        process.stop()
+
+
+def loopback(ip: str) -> bool:
+    address = ipaddress.ip_address(ip)
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return (mapped or address).is_loopback  # Ray's gRPC listens on IPv6 sockets bound to ::ffff:127.0.0.1
+
+
+async def first_echo(url: str) -> object:
+    async with ami.Client(url) as client:
+        return (await client.submit("echo", {"n": 1})).result

@@ -1,0 +1,129 @@
+"""Two tenants on one kind: A submits ten times what the kind's actors can run, B submits a few jobs a second.
+How long B's jobs take (the server's `elapsed_ms`, accepted to result) with A idle and while A floods.
+
+The kind is `audio.length` on one actor (16 job slots); A's files answer after 200 ms (a slow host: 80 jobs a
+second fill the slots), B's at once, both from an HTTP server on loopback. Quotas are lifted for A, so what is
+measured is the queue's fairness, not the quotas'.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile
+import websockets
+
+from bench.loadgen import percentile
+from bench.servers import server
+
+SLOW_S = 0.2  # A's files take this long to answer
+A_RATE = 800  # A's submissions a second: ten times what 16 slots of 200 ms jobs run
+B_RATE = 4.0
+TOKENS = "heavy:A-secret,light:B-secret"
+LIFTED = {"AMI_FRAMES_PER_S": "1000000", "AMI_TENANT_SUBMITS_PER_S": "100000", "AMI_TENANT_MAX_UNFINISHED": "1000000",
+          "AMI_MAX_PENDING": "1000000"}
+
+
+def _wav() -> bytes:
+    buffer = io.BytesIO()
+    soundfile.write(buffer, np.zeros(8000, dtype="int16"), 8000, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+@contextmanager
+def files() -> Iterator[str]:
+    body = _wav()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            if self.path.startswith("/slow"):
+                time.sleep(SLOW_S)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+
+
+async def light(url: str, base: str, count: int) -> list[float]:
+    """B: `count` jobs at B_RATE a second; the server's elapsed_ms of each."""
+    out: list[float] = []
+    async with websockets.connect(url, additional_headers={"Authorization": "Bearer B-secret"}) as ws:
+        async def read() -> None:
+            while len(out) < count:
+                frame = json.loads(await ws.recv())
+                if frame["type"] == "result":
+                    out.append(frame["elapsed_ms"])
+                elif frame["type"] == "error":
+                    raise RuntimeError(f"B was refused: {frame}")
+
+        reader = asyncio.create_task(read())
+        for n in range(count):
+            await ws.send(json.dumps({"op": "submit", "kind": "audio.length", "args": {"url": f"{base}/fast{n}.wav"}}))
+            await asyncio.sleep(1 / B_RATE)
+        await asyncio.wait_for(reader, 120)
+    return out
+
+
+async def heavy(url: str, base: str, stop: asyncio.Event) -> int:
+    """A: submissions at A_RATE a second until `stop`; how many it sent."""
+    sent = 0
+    async with websockets.connect(url, additional_headers={"Authorization": "Bearer A-secret"},
+                                  max_queue=None) as ws:
+        async def drain() -> None:
+            async for _ in ws:
+                pass
+
+        reader = asyncio.create_task(drain())
+        started = time.perf_counter()
+        while not stop.is_set():
+            due = int((time.perf_counter() - started) * A_RATE)
+            while sent < due:
+                await ws.send(json.dumps({"op": "submit", "kind": "audio.length",
+                                          "args": {"url": f"{base}/slow{sent}.wav"}}))
+                sent += 1
+            await asyncio.sleep(0.01)
+        reader.cancel()
+    return sent
+
+
+async def episode(url: str, base: str, count: int) -> tuple[list[float], list[float], int]:
+    alone = await light(url, base, count)
+    stop = asyncio.Event()
+    flood = asyncio.create_task(heavy(url, base, stop))
+    await asyncio.sleep(2)  # A's backlog forms first
+    during = await light(url, base, count)
+    stop.set()
+    return alone, during, await flood
+
+
+def measure(tmp: Path, quick: bool) -> dict[str, Any]:
+    count = 20 if quick else 60
+    with files() as base, server("--no-dashboard", "--allow-private-urls", "--data-dir", str(tmp / "fairness"),
+                                 "--pools", "euro.results=0,audio.length=1", "--tokens", TOKENS,
+                                 env=LIFTED) as running:
+        asyncio.run(light(running.ws_url, base, 4))  # warm up
+        alone, during, sent = asyncio.run(episode(running.ws_url, base, count))
+    return {"alone p50": percentile(alone, 0.5), "alone p95": percentile(alone, 0.95),
+            "flood p50": percentile(during, 0.5), "flood p95": percentile(during, 0.95), "A sent": sent,
+            "jobs": count}
