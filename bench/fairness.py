@@ -1,5 +1,6 @@
 """Two tenants on one kind: A submits ten times what the kind's actors can run, B submits a few jobs a second.
-How long B's jobs take (the server's `elapsed_ms`, accepted to result) with A idle and while A floods.
+How long B's jobs wait to start (the server's `queued_ms`) and take in all (`elapsed_ms`, accepted to result),
+with A idle and while A floods.
 
 The kind is `audio.length` on one actor (16 job slots); A's files answer after 200 ms (a slow host: 80 jobs a
 second fill the slots), B's at once, both from an HTTP server on loopback. Quotas are lifted for A, so what is
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,7 +26,7 @@ import soundfile
 import websockets
 
 from bench.loadgen import percentile
-from bench.servers import server
+from bench.servers import Process, server
 
 SLOW_S = 0.2  # A's files take this long to answer
 A_RATE = 800  # A's submissions a second: ten times what 16 slots of 200 ms jobs run
@@ -40,8 +42,8 @@ def _wav() -> bytes:
     return buffer.getvalue()
 
 
-@contextmanager
-def files() -> Iterator[str]:
+def serve_files() -> None:
+    """The files, served from this process until its standard input closes; prints the base URL."""
     body = _wav()
 
     class Handler(BaseHTTPRequestHandler):
@@ -59,21 +61,35 @@ def files() -> Iterator[str]:
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     httpd.daemon_threads = True
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    print(f"http://127.0.0.1:{httpd.server_address[1]}", flush=True)
+    sys.stdin.read()
+    httpd.shutdown()
+
+
+@contextmanager
+def files() -> Iterator[str]:
+    """The file server in a process of its own: its threads must not share an interpreter with the clients."""
+    process = Process([sys.executable, "-m", "bench.fairness", "files"])
     try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+        yield process.wait_for_line(lambda line: line.startswith("http://"), 60).strip()
     finally:
-        httpd.shutdown()
+        assert process.popen.stdin is not None
+        process.popen.stdin.close()
+        process.stop()
 
 
-async def light(url: str, base: str, count: int) -> list[float]:
-    """B: `count` jobs at B_RATE a second; the server's elapsed_ms of each."""
-    out: list[float] = []
+Timing = tuple[float, float]  # a job's queued_ms (accepted to start) and elapsed_ms (accepted to result)
+
+
+async def light(url: str, base: str, count: int) -> list[Timing]:
+    """B: `count` jobs at B_RATE a second; the server's queued_ms and elapsed_ms of each."""
+    out: list[Timing] = []
     async with websockets.connect(url, additional_headers={"Authorization": "Bearer B-secret"}) as ws:
         async def read() -> None:
             while len(out) < count:
                 frame = json.loads(await ws.recv())
                 if frame["type"] == "result":
-                    out.append(frame["elapsed_ms"])
+                    out.append((frame["queued_ms"], frame["elapsed_ms"]))
                 elif frame["type"] == "error":
                     raise RuntimeError(f"B was refused: {frame}")
 
@@ -95,6 +111,7 @@ async def heavy(url: str, base: str, stop: asyncio.Event) -> int:
                 pass
 
         reader = asyncio.create_task(drain())
+        print("flooding", flush=True)
         started = time.perf_counter()
         while not stop.is_set():
             due = int((time.perf_counter() - started) * A_RATE)
@@ -107,14 +124,24 @@ async def heavy(url: str, base: str, stop: asyncio.Event) -> int:
     return sent
 
 
-async def episode(url: str, base: str, count: int) -> tuple[list[float], list[float], int]:
-    alone = await light(url, base, count)
+async def heavy_for(url: str, base: str, seconds: float) -> int:
     stop = asyncio.Event()
-    flood = asyncio.create_task(heavy(url, base, stop))
-    await asyncio.sleep(2)  # A's backlog forms first
-    during = await light(url, base, count)
-    stop.set()
-    return alone, during, await flood
+    asyncio.get_running_loop().call_later(seconds, stop.set)
+    return await heavy(url, base, stop)
+
+
+async def episode(url: str, base: str, count: int) -> tuple[list[Timing], list[Timing], int]:
+    """B alone, then B while A (a process of its own, as a real other client would be) floods."""
+    alone = await light(url, base, count)
+    flood = Process([sys.executable, "-m", "bench.fairness", "heavy", url, base, str(count / B_RATE + 4)])
+    try:
+        flood.wait_for_line(lambda line: line.startswith("flooding"), 60)
+        await asyncio.sleep(2)  # A's backlog forms first
+        during = await light(url, base, count)
+        sent = int(flood.wait_for_line(lambda line: line.strip().isdigit(), 120))
+    finally:
+        flood.stop()
+    return alone, during, sent
 
 
 def measure(tmp: Path, quick: bool) -> dict[str, Any]:
@@ -124,6 +151,22 @@ def measure(tmp: Path, quick: bool) -> dict[str, Any]:
                                  env=LIFTED) as running:
         asyncio.run(light(running.ws_url, base, 4))  # warm up
         alone, during, sent = asyncio.run(episode(running.ws_url, base, count))
-    return {"alone p50": percentile(alone, 0.5), "alone p95": percentile(alone, 0.95),
-            "flood p50": percentile(during, 0.5), "flood p95": percentile(during, 0.95), "A sent": sent,
-            "jobs": count}
+    out: dict[str, Any] = {"A sent": sent, "jobs": count}
+    for label, timings in (("alone", alone), ("flood", during)):
+        for index, what in ((0, "wait"), (1, "total")):
+            values = [timing[index] for timing in timings]
+            out[f"{label} {what} p50"], out[f"{label} {what} p95"] = percentile(values, 0.5), percentile(values, 0.95)
+    return out
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["files"]:
+        serve_files()
+    elif sys.argv[1:2] == ["heavy"] and len(sys.argv) == 5:
+        print(asyncio.run(heavy_for(sys.argv[2], sys.argv[3], float(sys.argv[4]))), flush=True)
+    else:
+        raise SystemExit("python -m bench.fairness files | heavy WS_URL FILES_URL SECONDS")
+
+
+if __name__ == "__main__":
+    main()

@@ -31,8 +31,10 @@ from bench.servers import free_port, server
 ECHO_ONLY = ("--enable-echo", "--no-dashboard", "--pools", "audio.length=0,euro.results=0")
 MiB = 1024 * 1024
 # The load generator is one heavy client the operator trusts: the default frame budget (AMI_FRAMES_PER_S, 200 a
-# second per connection) would cap a connection at 200 jobs/s, so the throughput runs lift it.
-TRUSTED_LOAD = {"AMI_FRAMES_PER_S": "1000000"}
+# second per connection) and its tenant's quotas (one address: 100 submissions a second, 1,000 unfinished) would
+# cap it far below what the server can do, so the throughput runs lift them.
+TRUSTED_LOAD = {"AMI_FRAMES_PER_S": "1000000", "AMI_TENANT_SUBMITS_PER_S": "1000000",
+                "AMI_TENANT_MAX_UNFINISHED": "1000000"}
 
 
 @dataclass

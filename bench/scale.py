@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from bench.loadgen import run_load
+from bench.measure import TRUSTED_LOAD
 from bench.servers import Process, ServerProcess, ray_cluster
 
 ECHO_ONLY = ("--enable-echo", "--no-dashboard", "--store", "memory", "--pools", "audio.length=0,euro.results=0,echo=1")
@@ -24,7 +25,8 @@ OUT = Path(__file__).with_name("SCALE.md")
 
 
 def product(address: str, servers: int, jobs: int, tmp: Path) -> float:
-    running = [ServerProcess(*ECHO_ONLY, "--data-dir", str(tmp / f"s{servers}-{n}"), env={"RAY_ADDRESS": address})
+    running = [ServerProcess(*ECHO_ONLY, "--data-dir", str(tmp / f"s{servers}-{n}"),
+                             env={"RAY_ADDRESS": address, **TRUSTED_LOAD})
                for n in range(servers)]
     try:
         for server in running:

@@ -56,7 +56,8 @@ def targets(results: Results) -> list[tuple[str, bool]]:
         ]
     if results.fairness:
         fair = results.fairness
-        ratio = fair["flood p95"] / max(fair["alone p95"], 1e-9)
-        goals.append((f"a light tenant's p95 beside a flooding one <= 1.2x its p95 alone: {fair['flood p95']:.1f} "
-                      f"against {fair['alone p95']:.1f} ms ({ratio:.2f}x)", ratio <= 1.2))
+        ratio = fair["flood wait p95"] / max(fair["alone wait p95"], 1e-9)
+        goals.append((f"a light tenant's p95 wait to start beside a flooding one <= 1.2x its wait alone: "
+                      f"{fair['flood wait p95']:.2f} against {fair['alone wait p95']:.2f} ms ({ratio:.2f}x)",
+                      ratio <= 1.2))
     return goals

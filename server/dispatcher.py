@@ -6,6 +6,7 @@ import asyncio
 import logging
 import math
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -28,6 +29,7 @@ MAX_ATTEMPTS = 3  # calls of one job cut off by a dying actor before it fails as
 RECHECK_S = 0.5  # seconds between asking an actor that Ray is restarting whether it is back
 PROBE_EVERY = 5.0  # seconds between asking every started actor where it runs, to notice deaths no job met
 SCALE_EVERY = 0.25  # seconds between looks at the autoscaled pools
+PRESENT_S = 10.0  # a tenant that submitted a kind this recently is using it: the last free slot is kept for it
 
 
 @dataclass(eq=False)
@@ -51,6 +53,22 @@ class Pool:
     under_since: float | None = None  # when it first wanted fewer
     created: int = 0  # actors ever made: each new one gets a fresh name
     run_ms: float | None = None  # recent time a job spends on an actor (a moving average), for `eta_ms`
+    running_by: Counter[str] = field(default_factory=Counter)  # tenant -> its jobs running on the pool
+    seen: dict[str, float] = field(default_factory=dict)  # tenant -> when it last submitted this kind
+
+    def free_slots(self) -> int:
+        return sum(self.capacity - busy for busy, alive, down in zip(self.inflight, self.alive, self.restarting,
+                                                                       strict=True) if alive and not down)
+
+    def headroom_for(self, now: float) -> str | None:
+        """The tenant that may not take the pool's last free slot, if any: the one running the most jobs, while
+        another tenant has used the kind within PRESENT_S. That slot is kept for the others, so a light tenant's
+        job starts at once beside a heavy one instead of waiting for one of its jobs to end."""
+        if not self.running_by or self.free_slots() != 1:
+            return None
+        heaviest = max(self.running_by, key=self.running_by.__getitem__)
+        others = any(tenant != heaviest and now - when < PRESENT_S for tenant, when in self.seen.items())
+        return heaviest if others else None
 
     def __post_init__(self) -> None:
         self.inflight = [0] * len(self.handles)
@@ -323,12 +341,12 @@ class Dispatcher:
         if self.closing:
             return
         pool = self.pools[job.kind]
-        actor = pool.free_actor() if not pool.pending else None
-        if actor is not None:
-            pool.pending.started(job.tenant)
-            self._launch(pool, job, actor)
-        else:
-            pool.pending.push(job)
+        now = time.monotonic()
+        pool.seen[job.tenant] = now
+        if len(pool.seen) > 1000:
+            pool.seen = {tenant: when for tenant, when in pool.seen.items() if now - when < PRESENT_S}
+        pool.pending.push(job)  # through the queue even when it is empty: one path decides who goes next
+        self._pump(pool)
 
     def cancel(self, job: Job) -> bool:
         """Cancel an unfinished job; False when it had already ended."""
@@ -348,6 +366,7 @@ class Dispatcher:
     def _launch(self, pool: Pool, job: Job, actor: int) -> None:
         assert self._loop is not None
         pool.inflight[actor] += 1
+        pool.running_by[job.tenant] += 1
         job.attempts += 1
         ref = pool.handles[actor].run.remote(job.args)
         timer = self._loop.call_later(self.settings.job_timeout, self._time_out, job)
@@ -361,9 +380,11 @@ class Dispatcher:
             actor = pool.free_actor()
             if actor is None:
                 return
-            job = pool.pending.pop()
-            if job is not None:
-                self._launch(pool, job, actor)
+            kept_from = pool.headroom_for(time.monotonic())
+            job = pool.pending.pop(None if kept_from is None else kept_from.__ne__)
+            if job is None:
+                return  # only the heaviest tenant's jobs wait: the last slot stays free for the others
+            self._launch(pool, job, actor)
 
     def _time_out(self, job: Job) -> None:
         if self.closing:
@@ -380,6 +401,9 @@ class Dispatcher:
         if self.closing:
             return
         pool.inflight[actor] -= 1
+        pool.running_by[job.tenant] -= 1
+        if pool.running_by[job.tenant] <= 0:
+            del pool.running_by[job.tenant]
         running = job.running
         if isinstance(running, Running) and running.actor == actor:
             running.timer.cancel()

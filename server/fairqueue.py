@@ -12,7 +12,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from server.jobs import Job
 
@@ -67,12 +67,24 @@ class FairQueue:
             turn = self._turn[tenant] = (self._last.get(tenant, -1), next(self._arrivals))
             heapq.heappush(self._turns, (*turn, tenant))
 
-    def pop(self) -> Job | None:
-        """The next job to run: the best of the lane of the tenant served least recently."""
+    def pop(self, allowed: Callable[[str], bool] | None = None) -> Job | None:
+        """The next job to run: the best of the lane of the tenant served least recently (of those `allowed`)."""
+        skipped: list[tuple[int, int, str]] = []
+        try:
+            return self._pop(allowed, skipped)
+        finally:
+            for entry in skipped:  # their turn is kept, in its place
+                heapq.heappush(self._turns, entry)
+
+    def _pop(self, allowed: Callable[[str], bool] | None, skipped: list[tuple[int, int, str]]) -> Job | None:
         while self._turns:
-            _, _, tenant = heapq.heappop(self._turns)
-            self._turn.pop(tenant, None)
+            entry = heapq.heappop(self._turns)
+            tenant = entry[2]
             lane = self._lanes.get(tenant)
+            if lane and allowed is not None and not allowed(tenant):
+                skipped.append(entry)
+                continue
+            self._turn.pop(tenant, None)
             if not lane:
                 self._lanes.pop(tenant, None)
                 continue
@@ -87,12 +99,6 @@ class FairQueue:
                 self._forget_idle()
             return job
         return None
-
-    def started(self, tenant: str) -> None:
-        """A job of `tenant` started without waiting (the queue was empty): that was its turn too."""
-        self._served += 1
-        self._last[tenant] = self._served
-        self._forget_idle()
 
     def _forget_idle(self) -> None:
         if len(self._last) > MAX_REMEMBERED:

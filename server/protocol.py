@@ -306,6 +306,8 @@ def result_frame(job: Job, ref: str | None = None) -> dict[str, Any]:
         frame["error"] = job.error
     if job.finished_at is not None:
         frame["elapsed_ms"] = round((job.finished_at - job.created_at) * 1000, 3)
+    if job.started_at is not None:  # it ran (a result reused from the cache never waited for an actor)
+        frame["queued_ms"] = round(max(job.started_at - job.created_at, 0.0) * 1000, 3)
     return frame
 
 

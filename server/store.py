@@ -78,7 +78,7 @@ def to_record(job: Job) -> dict[str, Any]:
         "id": job.id, "kind": job.kind, "args": job.args, "ref": job.ref, "owner": job.owner,
         "state": str(job.state), "created_at": job.created_at, "finished_at": job.finished_at,
         "result": job.result, "error": job.error, "restarts": job.restarts, "tenant": job.tenant,
-        "priority": job.priority,
+        "priority": job.priority, "started_at": job.started_at,
     }
 
 
@@ -88,6 +88,7 @@ def from_record(record: dict[str, Any]) -> Job:
               restarts=int(record.get("restarts") or 0), tenant=record.get("tenant") or "",
               priority=int(record.get("priority") or 0) if record.get("priority") is not None else 5)
     job.finished_at = record.get("finished_at")
+    job.started_at = record.get("started_at")
     job.result = record.get("result")
     job.error = record.get("error")
     job.published = job.finished
@@ -181,7 +182,7 @@ class SqliteStore(Store):
             id TEXT PRIMARY KEY, kind TEXT NOT NULL, args TEXT NOT NULL, ref TEXT, owner TEXT NOT NULL,
             state TEXT NOT NULL, created_at REAL NOT NULL, finished_at REAL, result TEXT, error TEXT,
             restarts INTEGER NOT NULL DEFAULT 0, tenant TEXT NOT NULL DEFAULT '',
-            priority INTEGER NOT NULL DEFAULT 5);
+            priority INTEGER NOT NULL DEFAULT 5, started_at REAL);
         CREATE INDEX IF NOT EXISTS jobs_unfinished ON jobs (owner) WHERE finished_at IS NULL;
         CREATE INDEX IF NOT EXISTS jobs_finished_at ON jobs (finished_at);
         CREATE TABLE IF NOT EXISTS results (kind TEXT NOT NULL, key TEXT NOT NULL, result TEXT NOT NULL,
@@ -189,9 +190,10 @@ class SqliteStore(Store):
     """
     REMEMBER = "INSERT OR REPLACE INTO results (kind, key, result) VALUES (?, ?, ?)"
     INSERT = ("INSERT OR REPLACE INTO jobs (id, kind, args, ref, owner, state, created_at, finished_at, result, "
-              "error, restarts, tenant, priority) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
-    ADDED_COLUMNS = {"tenant": "TEXT NOT NULL DEFAULT ''", "priority": "INTEGER NOT NULL DEFAULT 5"}
-    FINISH = "UPDATE jobs SET state = ?, finished_at = ?, result = ?, error = ? WHERE id = ?"
+              "error, restarts, tenant, priority, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+    ADDED_COLUMNS = {"tenant": "TEXT NOT NULL DEFAULT ''", "priority": "INTEGER NOT NULL DEFAULT 5",
+                     "started_at": "REAL"}
+    FINISH = "UPDATE jobs SET state = ?, finished_at = ?, result = ?, error = ?, started_at = ? WHERE id = ?"
 
     def __init__(self, path: Path) -> None:
         super().__init__()
@@ -234,10 +236,12 @@ class SqliteStore(Store):
     def put(self, job: Job) -> Saved:
         return self._write(self.INSERT, (
             job.id, job.kind, json.dumps(job.args), job.ref, job.owner, str(job.state), job.created_at,
-            job.finished_at, _dump(job.result), _dump(job.error), job.restarts, job.tenant, job.priority))
+            job.finished_at, _dump(job.result), _dump(job.error), job.restarts, job.tenant, job.priority,
+            job.started_at))
 
     def finish(self, job: Job) -> Saved:
-        return self._write(self.FINISH, (str(job.state), job.finished_at, _dump(job.result), _dump(job.error), job.id))
+        return self._write(self.FINISH, (str(job.state), job.finished_at, _dump(job.result), _dump(job.error),
+                                         job.started_at, job.id))
 
     def remember(self, kind: str, args: dict[str, Any], result: Any) -> None:
         self._writes.put((self.REMEMBER, (kind, cache_key(args), json.dumps(result)), None))

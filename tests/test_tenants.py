@@ -84,3 +84,44 @@ def test_a_tenant_with_nothing_queued_goes_next_and_positions_shrink(one_slot: S
         return frame
 
     run(scenario())
+
+
+def test_beside_a_heavy_tenant_a_light_one_finds_a_free_slot(one_slot: ServerThread) -> None:
+    """Four slots; Alice's long jobs could fill them all, but while Bob uses the kind the last one is his."""
+    pool = one_slot.app.state.services.dispatcher.pools["echo"]
+
+    async def scenario() -> None:
+        alice, bob = await connect(one_slot, A), await connect(one_slot, B)
+        await bob.send(json.dumps({"op": "submit", "kind": "echo", "args": {"who": "bob"}, "ref": "b0"}))
+        await answer(bob, "b0")  # Bob uses the kind
+        for n in range(8):
+            await alice.send(json.dumps({"op": "submit", "kind": "echo", "args": {"n": n, "delay_ms": 2000},
+                                         "ref": f"a{n}"}))
+            await answer(alice, f"a{n}")
+        await bob.send(json.dumps({"op": "submit", "kind": "echo", "args": {"who": "bob"}, "ref": "b1"}))
+        accepted = await answer(bob, "b1")
+        first = json.loads(await asyncio.wait_for(asyncio.shield(_any_result(alice, bob)), 30))
+        assert first["job"] == accepted["job"], "Bob's job ran at once: it did not wait for one of Alice's"
+        await alice.close()
+        await bob.close()
+
+    pool.capacity = 4
+    try:
+        run(scenario())
+    finally:
+        pool.capacity = 1
+
+
+async def _any_result(*sockets: Any) -> str:
+    """The first `result` frame any of the sockets receives (raw)."""
+    async def first(ws: Any) -> str:
+        while True:
+            raw = await ws.recv()
+            if json.loads(raw)["type"] == "result":
+                return str(raw)
+
+    tasks = [asyncio.create_task(first(ws)) for ws in sockets]
+    done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+    return next(iter(done)).result()

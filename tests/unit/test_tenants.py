@@ -235,3 +235,29 @@ def test_job_ids_and_tokens_never_reach_the_access_log() -> None:
     RedactTokens().filter(record)
     line = record.getMessage()
     assert "4f2a9c" not in line and "s3cret" not in line and "/jobs/{id}?token=***" in line
+
+
+def test_a_tenant_kept_from_the_last_slot_keeps_its_turn() -> None:
+    queue = FairQueue()
+    a, b = jobs("A", 2), jobs("B", 1)
+    for job in a:
+        queue.push(job)
+    assert queue.pop("A".__ne__) is None and len(queue) == 2, "only A waits: nothing is taken"
+    queue.push(b[0])
+    assert queue.pop("A".__ne__) is b[0]
+    assert queue.pop() is a[0], "A's turn was kept"
+
+
+def test_the_last_free_slot_is_kept_from_the_heaviest_tenant_while_another_uses_the_kind() -> None:
+    from actors import all_kinds
+    from server.dispatcher import PRESENT_S, Pool
+
+    pool = Pool(all_kinds()["echo"], ["echo-0"], [object()], capacity=4)
+    pool.inflight[0], pool.running_by["A"] = 3, 3
+    pool.seen = {"A": 100.0}
+    assert pool.headroom_for(100.0) is None, "nobody else uses the kind: A may have every slot"
+    pool.seen["B"] = 99.0
+    assert pool.headroom_for(100.0) == "A"
+    assert pool.headroom_for(99.0 + PRESENT_S + 1) is None, "B left long ago"
+    pool.inflight[0], pool.running_by["A"] = 2, 2
+    assert pool.headroom_for(100.0) is None, "two free slots: A may take one"
