@@ -122,7 +122,8 @@ def write_report(results: Results, path: Path) -> None:
             if label.startswith("window")]
 
     out += ["", "## Idle connections", "",
-            "Server RSS per connection, read 2 s after the sockets opened. Permessage-deflate is off unless "
+            "Server RSS per connection, read 2 s after the sockets opened (all from 127.0.0.1, so the per-address "
+            "cap, `AMI_MAX_CONNECTIONS_PER_IP`, is lifted for these runs). Permessage-deflate is off unless "
             "`AMI_WS_DEFLATE=1`, because its zlib state doubles an idle socket's memory: clients that ask for it "
             "(browsers do) get plain frames; the opt-in row shows what turning it on costs.", "",
             "| sockets | held | server RSS per connection | answering a ping | failed to open |",

@@ -261,3 +261,19 @@ def test_the_last_free_slot_is_kept_from_the_heaviest_tenant_while_another_uses_
     assert pool.headroom_for(99.0 + PRESENT_S + 1) is None, "B left long ago"
     pool.inflight[0], pool.running_by["A"] = 2, 2
     assert pool.headroom_for(100.0) is None, "two free slots: A may take one"
+
+
+def test_metrics_name_named_tenants_and_sum_address_tenants_as_anonymous(tmp_path: Path) -> None:
+    with unit_client(tenants_settings(tmp_path)) as client:
+        with client.websocket_connect("/ws", headers=bearer(A)) as ws:
+            ws.send_json({"op": "submit", "kind": "echo", "args": {}})
+            assert [ws.receive_json()["type"] for _ in range(2)] == ["accepted", "result"]
+        text = client.get("/metrics", headers=bearer(OPS)).text
+        assert 'ami_jobs_total{kind="echo",status="succeeded",tenant="alice"} 1.0' in text
+        assert 'ami_pool_queued{kind="echo",tenant="anonymous"} 0.0' in text
+    with unit_client(unit_settings(tmp_path)) as client:
+        with client.websocket_connect("/ws") as ws:
+            ws.send_json({"op": "submit", "kind": "echo", "args": {}})
+            assert [ws.receive_json()["type"] for _ in range(2)] == ["accepted", "result"]
+        text = client.get("/metrics").text
+        assert 'tenant="anonymous"' in text and "@" not in text, "no client address becomes a label"
