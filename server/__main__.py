@@ -75,6 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings.replace(port=int(sock.getsockname()[1]))
         if not settings.ray_address and settings.dashboard:
             settings = settings.replace(dashboard_port=preflight.free_dashboard_port(settings))
+        if not settings.ray_address:
+            settings = settings.replace(ray_metrics_port=preflight.port_or_another(settings.ray_metrics_port))
         preflight.check_store(settings)
         preflight.check_ray_address(settings)
     except SettingsError as exc:

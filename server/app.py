@@ -131,6 +131,9 @@ def announce(settings: Settings, services: Services) -> None:
         lines.append(f"Dashboard: {services.ray.dashboard_url} ({dashboard_sign_in()})")
     lines.append(f"Ray:       {services.ray.address}; kinds: {', '.join(sorted(services.kinds))}; "
                  f"store: {settings.store_shown}")
+    if services.ray.address == "embedded":
+        lines.append(f"Metrics:   http://{host}:{settings.port}/metrics (this server), "
+                     f"http://127.0.0.1:{settings.ray_metrics_port}/metrics (Ray's, AMI_RAY_METRICS_PORT)")
     files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     lines.append(f"Sockets:   up to about {max(files - FILES_KEPT, 0):,} connections (open-file limit {files:,})")
     print("\n".join(lines), flush=True)

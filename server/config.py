@@ -169,6 +169,11 @@ class Settings:
     )
     dashboard: bool = field(default=True, metadata=_env("AMI_DASHBOARD", "start the embedded Ray dashboard"))
     dashboard_port: int = field(default=8265, metadata=_env("AMI_DASHBOARD_PORT", "embedded dashboard port"))
+    ray_metrics_port: int = field(
+        default=8266,
+        metadata=_env("AMI_RAY_METRICS_PORT", "the embedded Ray's Prometheus metrics export port (127.0.0.1); "
+                                              "taken by another program: a free one, printed at start"),
+    )
     dashboard_url: str | None = field(
         default=None, metadata=_env("AMI_DASHBOARD_URL", "dashboard link shown to users when joining a cluster")
     )

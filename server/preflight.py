@@ -31,8 +31,13 @@ def listen_socket(settings: Settings) -> socket.socket:
 
 def free_dashboard_port(settings: Settings) -> int:
     """The embedded dashboard's port, or a free one when another program (another Ray) holds it."""
-    if _free(settings.dashboard_port):
-        return settings.dashboard_port
+    return port_or_another(settings.dashboard_port)
+
+
+def port_or_another(port: int) -> int:
+    """`port` if it is free on loopback, else a free one (another Ray on this machine may hold Ray's ports)."""
+    if _free(port):
+        return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])

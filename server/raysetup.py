@@ -77,6 +77,7 @@ def ray_session(settings: Settings) -> Iterator[RayInfo]:
             include_dashboard=settings.dashboard,
             dashboard_host="127.0.0.1",
             dashboard_port=settings.dashboard_port,
+            _metrics_export_port=settings.ray_metrics_port,  # pinned, for Prometheus; loopback like the rest
         )
     # ray.init installs its own SIGTERM handler, which would skip uvicorn's graceful shutdown.
     _restore(saved)

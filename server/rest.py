@@ -7,6 +7,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -36,6 +37,7 @@ CELERY_STATES = {
 }
 TRUE_WORDS = {"1", "on", "t", "true", "y", "yes"}  # pydantic 1's bool parsing, as the old models had it
 FALSE_WORDS = {"0", "off", "f", "false", "n", "no"}
+OLD_DATE = re.compile(r"^\d{2}-\d{2}-\d{4}$")  # the old client's DD-MM-YYYY
 
 
 class CallbackLogger:
@@ -221,6 +223,14 @@ async def post_audio_length(services: Services, tenant: Tenant | None, body: dic
 
 async def post_euro_results(services: Services, tenant: Tenant | None, body: dict[str, Any]) -> JSONResponse:
     date, callback = _old_str(body, "draw_date"), _old_bool(body, "callback")
+    if OLD_DATE.match(date) and _is_date(date):
+        try:
+            services.kinds["euro.results"].check({"date": date})
+        except InvalidArgs as exc:
+            # The old API took any well-formed date (201) and its task failed later: old clients count on the id.
+            job = await services.admit_failed("euro.results", {"date": date}, tenant,
+                                              {"code": "invalid_args", "message": exc.message})
+            return JSONResponse({"id": job.id}, status_code=201)
     job = await _create(services, tenant, "euro.results", {"date": date}, callback, ("body", "draw_date"))
     return JSONResponse({"id": job.id}, status_code=201)
 
@@ -230,9 +240,18 @@ def _old_result(job: Job) -> Any:
         return None
     if job.kind == "audio.length":
         return {"audio_length": job.result["duration"]}
-    if job.kind == "euro.results":
-        return [*job.result["numbers"], *job.result["stars"]]
+    if job.kind == "euro.results":  # the old worker read the page's ballsDrawn list: the balls in drawn order
+        balls = job.result.get("drawn_order") or job.result
+        return [*balls["numbers"], *balls["stars"]]
     return job.result
+
+
+def _is_date(text: str) -> bool:
+    try:
+        dt.datetime.strptime(text, "%d-%m-%Y")
+    except ValueError:
+        return False
+    return True
 
 
 async def get_task(request: Request) -> JSONResponse:

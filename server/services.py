@@ -143,6 +143,20 @@ class Services:
         self.run(job)
         return job, saved
 
+    async def admit_failed(self, kind_name: str, args: dict[str, Any], tenant: Tenant | None,
+                           error: dict[str, str]) -> Job:
+        """A job that fails as soon as it is saved (the old API accepted what it later failed): the tenant's quotas
+        apply as to any job; StoreUnavailable if it could not be saved."""
+        name = tenant.name if tenant is not None else ""
+        self.quotas.check(name, asyncio.get_running_loop().time())
+        job = Job(kind_name, args, owner=self.owner, tenant=name)
+        self.quotas.count(job)
+        if not await self.table.put(job):
+            self._withdraw(job)
+            raise StoreUnavailable("the job store cannot save jobs right now; try again")
+        self.table.finish(job, JobState.FAILED, error=error)
+        return job
+
     def _withdraw(self, job: Job) -> None:
         self.dispatcher.cancel(job)
         self.table.drop(job)

@@ -75,9 +75,15 @@ def test_the_old_client_sees_pending_then_the_old_result_shapes(server: ServerTh
     assert (status, data["status"], data["error"], data["result"]) == (200, "SUCCESS", None, {"audio_length": 0.5})
     assert set(data) == {"id", "status", "error", "result"}
 
-    http.add("/euro/22-03-2024", Fixture(body=current_page("Friday 22nd March 2024", [1, 8, 22, 34, 50], [2, 12])))
+    http.add("/euro/22-03-2024", Fixture(body=current_page("Friday 22nd March 2024", [1, 8, 22, 34, 50], [2, 12],
+                                                           drawn=([34, 1, 50, 22, 8], [12, 2]))))
     _, status, data = old_client(server.url, "/euro/results", {"draw_date": "22-03-2024", "callback": "false"})
-    assert (status, data["status"], data["result"]) == (200, "SUCCESS", [1, 8, 22, 34, 50, 2, 12])
+    assert (status, data["status"], data["result"]) == (200, "SUCCESS", [34, 1, 50, 22, 8, 12, 2]), \
+        "the old worker read the balls in drawn order"
+
+    # A well-formed date that is no draw day: 201, as the old API answered, and the task fails with the reason.
+    _, status, data = old_client(server.url, "/euro/results", {"draw_date": "03-01-2024"})
+    assert (status, data["status"], data["result"]) == (200, "FAILURE", None) and "Wednesday" in data["error"]
 
     _, status, data = old_client(server.url, "/audio/length", {"audio_url": http.url("/old/missing.wav")})
     assert (status, data["status"], data["result"]) == (200, "FAILURE", None)
@@ -94,10 +100,11 @@ def test_422_bodies_carry_fastapis_detail_and_the_old_coercions_hold(server: Ser
     def post(path: str, body: object) -> requests.Response:
         return requests.post(server.url + path, json=body, timeout=30)
 
-    wednesday = post("/euro/results", {"draw_date": "03-01-2024"})
-    assert wednesday.status_code == 422
-    [detail] = wednesday.json()["detail"]
-    assert detail["loc"] == ["body", "draw_date"] and "Wednesday" in detail["msg"] and detail["type"]
+    malformed = post("/euro/results", {"draw_date": "2024-01-03"})  # not the old DD-MM-YYYY: refused up front
+    assert malformed.status_code == 422
+    [detail] = malformed.json()["detail"]
+    assert detail["loc"] == ["body", "draw_date"] and detail["msg"] and detail["type"]
+    assert post("/euro/results", {"draw_date": "31-02-2024"}).status_code == 422, "no such day"
     missing = post("/audio/length", {"callback": True})
     assert missing.status_code == 422 and missing.json()["detail"][0]["loc"] == ["body", "audio_url"]
     assert missing.json()["detail"][0]["msg"] == "field required"

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
 from tests.audio_files import encode
 from tests.euro_pages import current_page
@@ -75,7 +75,7 @@ def stalled_audio(http: FixtureHTTP, name: str, release: threading.Event) -> str
     return http.add(f"/page/{name}", slow)
 
 
-def row_for(page: Page, text: str) -> object:
+def row_for(page: Page, text: str) -> Locator:
     return page.locator("#jobs tbody tr", has_text=text)
 
 
@@ -202,3 +202,25 @@ def test_the_draw_picker_starts_at_the_latest_draw_with_results(browser: Browser
         assert page.get_by_label("Month").get_attribute("max") == expected[:7]
     finally:
         context.close()
+
+
+def test_a_queued_job_shows_its_place_in_the_queue(page: Page, http: FixtureHTTP, page_server: ServerThread,
+                                                  stall: threading.Event) -> None:
+    pool = page_server.app.state.services.dispatcher.pools["audio.length"]
+    capacity, pool.capacity = pool.capacity, 1  # one job at a time: the next ones wait
+    try:
+        holding = stalled_audio(http, "holding.wav", stall)
+        waiting = [http.add(f"/page/waiting-{n}.wav", Fixture(body=encode(8000, 8000, "WAV", "PCM_16")))
+                   for n in range(2)]
+        box = page.get_by_label("Audio file URL")
+        for url in (holding, *waiting):
+            box.fill(url)
+            box.press("Enter")
+        expect(row_for(page, "holding.wav").locator(".state")).to_have_text("running")
+        expect(row_for(page, "waiting-0.wav").locator(".state")).to_have_text(re.compile(r"^queued \(next"))
+        expect(row_for(page, "waiting-1.wav").locator(".state")).to_have_text(re.compile(r"^queued \(1 ahead"))
+        stall.set()
+        for name in ("waiting-0.wav", "waiting-1.wav"):
+            expect(row_for(page, name).locator(".state")).to_have_text("done")
+    finally:
+        pool.capacity = capacity

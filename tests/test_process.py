@@ -15,6 +15,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import requests
 
 import ami
 from bench.servers import free_port
@@ -195,12 +196,15 @@ def test_a_busy_dashboard_port_moves_to_a_free_one(tmp_path: Path) -> None:
 def test_nothing_of_the_embedded_ray_listens_beyond_loopback(tmp_path: Path) -> None:
     """Every listening socket of the server's process tree (uvicorn, GCS, raylet, object manager, workers, agents,
     metrics export, dashboard) is on loopback, without the switch the tests set for their own Ray."""
-    port = free_port()
+    port, metrics = free_port(), free_port()
     process = server_process("--port", str(port), "--enable-echo", "--data-dir", str(tmp_path),
                              "--pools", "audio.length=0,euro.results=0,echo=1", "--ray-num-cpus", "1",
-                             "--object-store-mb", "100", env={"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": None})
+                             "--object-store-mb", "100", "--ray-metrics-port", str(metrics),
+                             env={"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": None})
     try:
         process.wait_for_line(lambda line: line.startswith("Socket:"))
+        banner = process.wait_for_line(lambda line: line.startswith("Metrics:"))
+        assert f"http://127.0.0.1:{metrics}/metrics" in banner
         assert run(first_echo(f"ws://127.0.0.1:{port}/ws")) == {"n": 1}  # the actors and their workers are up
         tree = [psutil.Process(process.popen.pid), *psutil.Process(process.popen.pid).children(recursive=True)]
         listening: dict[tuple[str, int], str] = {}
@@ -212,6 +216,9 @@ def test_nothing_of_the_embedded_ray_listens_beyond_loopback(tmp_path: Path) -> 
         assert len(listening) >= 5, listening  # uvicorn, the GCS, the raylet, its object manager, the dashboard...
         outside = {address: who for address, who in listening.items() if not loopback(address[0])}
         assert outside == {}, f"listening beyond loopback: {outside}"
+        assert any(at == metrics for _, at in listening), "Ray's metrics export is on the pinned port"
+        exported = requests.get(f"http://127.0.0.1:{metrics}/metrics", timeout=30).text
+        assert "ray_" in exported, "Prometheus text from Ray's metrics agent"
     finally:
         process.stop()
 
