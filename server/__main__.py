@@ -14,7 +14,7 @@ from types import FrameType
 import uvicorn
 from starlette.applications import Starlette
 
-from server import preflight
+from server import preflight, recovery
 from server.access import redact_tokens_in_logs
 from server.app import announce, create_app, raise_file_limit, uvicorn_options
 from server.config import Settings, SettingsError
@@ -69,14 +69,20 @@ def run(settings: Settings, sock: socket.socket) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["recover-store"]:
+        return recover_store(args[1:])
     try:
-        settings = Settings.load(argv)
+        settings = Settings.load(args)
         sock = preflight.listen_socket(settings)  # before Ray: its processes take ephemeral ports
         settings = settings.replace(port=int(sock.getsockname()[1]))
         if not settings.ray_address and settings.dashboard:
             settings = settings.replace(dashboard_port=preflight.free_dashboard_port(settings))
         if not settings.ray_address:
             settings = settings.replace(ray_metrics_port=preflight.port_or_another(settings.ray_metrics_port))
+        recovery.check_data_dir(settings)  # the store's file and the embedded Ray's process record live there
+        if settings.store == "sqlite":
+            recovery.check_database(recovery.database(settings))
         preflight.check_store(settings)
         preflight.check_ray_address(settings)
     except SettingsError as exc:
@@ -86,6 +92,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: sys.exit(0))
     run(settings, sock)
+    return 0
+
+
+def recover_store(argv: Sequence[str]) -> int:
+    """`python -m server recover-store [--data-dir DIR]`: move a damaged SQLite job store aside, salvage its jobs."""
+    try:
+        settings = Settings.load(argv)
+        recovery.check_data_dir(settings)
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    path = recovery.database(settings)
+    problem = recovery.damage(path)
+    if problem is None and path.exists():
+        print(f"the job store {path} is sound: nothing to do")
+        return 0
+    print(recovery.recover(settings))
     return 0
 
 
