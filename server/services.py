@@ -133,6 +133,8 @@ class Services:
         args = kind.check(args)
         if origin is not None and origin.unfinished >= self.settings.max_jobs_per_connection:
             raise ConnectionFull(f"this connection has {origin.unfinished} unfinished jobs; wait for some results")
+        if (problem := self.store.unavailable()) is not None:
+            raise StoreUnavailable(f"{problem}; nothing is accepted until it is back")
         name = tenant.name if tenant is not None else ""
         self.dispatcher.check_capacity(kind.name, name)
         self.quotas.check(name, asyncio.get_running_loop().time())

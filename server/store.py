@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -29,6 +30,8 @@ log = logging.getLogger("server.store")
 
 Saved = asyncio.Future[bool]  # resolves in the event loop once a write is durable (False: it failed)
 MAX_BATCH = 2000
+WATCH_EVERY = 1.0  # seconds between looks at the SQLite file: deleted, replaced or overwritten is seen within this
+SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
 class JobStore(Protocol):
@@ -39,6 +42,8 @@ class JobStore(Protocol):
     async def close(self) -> None: ...
 
     def health(self) -> str | None: ...
+
+    def unavailable(self) -> str | None: ...
 
     def put(self, job: Job) -> Saved: ...
 
@@ -120,6 +125,11 @@ class Store:
         """Why the store cannot take writes now, or None when it can."""
         return self.failure
 
+    def unavailable(self) -> str | None:
+        """Why no job may be accepted now (the store cannot keep it), or None. Unlike a failed write, this lasts
+        until the store itself recovers, so refusing new jobs meanwhile cannot keep it from recovering."""
+        return None
+
     def _done(self, ok: bool = True) -> Saved:
         future = self.loop.create_future()
         future.set_result(ok)
@@ -193,13 +203,15 @@ class SqliteStore(Store):
               "error, restarts, tenant, priority, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
     ADDED_COLUMNS = {"tenant": "TEXT NOT NULL DEFAULT ''", "priority": "INTEGER NOT NULL DEFAULT 5",
                      "started_at": "REAL"}
-    FINISH = "UPDATE jobs SET state = ?, finished_at = ?, result = ?, error = ?, started_at = ? WHERE id = ?"
 
     def __init__(self, path: Path) -> None:
         super().__init__()
         self.path = path
         self._writes: queue.SimpleQueue[tuple[str, tuple[Any, ...], Saved | None] | None] = queue.SimpleQueue()
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="store-read")
+        self._identity: tuple[int, int] | None = None  # (device, inode) of the file this store writes
+        self.lost: str | None = None  # why the file cannot be trusted now (deleted, replaced, damaged), until it can
+        self._watcher: asyncio.Task[None] | None = None
 
     def _connect(self) -> sqlite3.Connection:
         connection = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -218,11 +230,52 @@ class SqliteStore(Store):
             if column not in have:
                 connection.execute(f"ALTER TABLE jobs ADD COLUMN {column} {definition}")
         connection.close()
+        self._identity = self._file_identity()
         self._read = await self.loop.run_in_executor(self._reader, self._connect)
         self._thread = threading.Thread(target=self._write_batches, name="store-write", daemon=True)
         self._thread.start()
+        self._watcher = asyncio.create_task(self._watch())
+
+    def _file_identity(self) -> tuple[int, int] | None:
+        try:
+            stat = os.stat(self.path)
+        except OSError:
+            return None
+        return stat.st_dev, stat.st_ino
+
+    def _file_problem(self) -> str | None:
+        """Why the file at `path` is not the database this store opened, or not a database any more; cheap."""
+        identity = self._file_identity()
+        if identity is None:
+            return f"its file {self.path} was deleted"
+        if identity != self._identity:
+            return f"its file {self.path} was replaced"
+        try:
+            with open(self.path, "rb") as head:
+                if head.read(len(SQLITE_MAGIC)) != SQLITE_MAGIC:
+                    return f"its file {self.path} is no longer a SQLite database"
+        except OSError as exc:
+            return f"its file {self.path} cannot be read: {exc.strerror or exc}"
+        return None
+
+    async def _watch(self) -> None:
+        """Every WATCH_EVERY s: is the file still the one opened, and a database? A write to a deleted file would
+        succeed and be lost, so the writer checks before each batch too; this tells /healthz without a write.
+        When the file the store opened is back (moved back, restored in place and sound), writes resume."""
+        while True:
+            await asyncio.sleep(WATCH_EVERY)
+            problem = await asyncio.to_thread(self._file_problem)
+            if problem is None and self.lost is not None:
+                problem = await asyncio.to_thread(_quick_check, self.path)
+                if problem is None:
+                    log.warning("the job store's file %s is sound again; saving resumes", self.path)
+            if problem != self.lost and problem is not None:
+                log.error("the job store is unavailable: %s", problem)
+            self.lost = problem
 
     async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
         self._writes.put(None)
         await asyncio.to_thread(self._thread.join, 30)
         await self.loop.run_in_executor(self._reader, self._read.close)
@@ -240,8 +293,9 @@ class SqliteStore(Store):
             job.started_at))
 
     def finish(self, job: Job) -> Saved:
-        return self._write(self.FINISH, (str(job.state), job.finished_at, _dump(job.result), _dump(job.error),
-                                         job.started_at, job.id))
+        # The whole record, not an UPDATE: a result is durable even if the job's first save went to a file that was
+        # replaced since (an UPDATE of a row that is not there changes nothing, and says nothing).
+        return self.put(job)
 
     def remember(self, kind: str, args: dict[str, Any], result: Any) -> None:
         self._writes.put((self.REMEMBER, (kind, cache_key(args), json.dumps(result)), None))
@@ -253,7 +307,12 @@ class SqliteStore(Store):
     def health(self) -> str | None:
         if not self._thread.is_alive():
             return "the job store's writer has stopped"
+        if self.lost is not None:
+            return f"the job store is unavailable: {self.lost}"
         return self.failure
+
+    def unavailable(self) -> str | None:
+        return None if self.lost is None else f"the job store is unavailable: {self.lost}"
 
     def _write_batches(self) -> None:
         """Commit queued writes in batches until told to stop; no write, however bad, stops it."""
@@ -273,11 +332,18 @@ class SqliteStore(Store):
                     running = False
                     break
                 batch.append(item)
+            problem = self.lost or self._file_problem()
             try:
+                if problem is not None:  # never acknowledge a write to a file that is not the store's any more
+                    raise StoreLost(problem)
                 connection = connection or self._connect()
                 outcomes = self._commit(connection, batch)
             except Exception as exc:  # the file itself is unusable: fail this batch, try afresh with the next
-                log.exception("the job store could not save %d writes", len(batch))
+                if isinstance(exc, StoreLost):
+                    self.lost = str(exc)
+                else:
+                    log.exception("the job store could not save %d writes", len(batch))
+                    self.lost = _quick_check(self.path)  # damaged, or a passing trouble (a full disk)?
                 self.failure = f"the job store could not save: {exc}"
                 outcomes = [False] * len(batch)
                 _close_quietly(connection)
@@ -338,6 +404,21 @@ class SqliteStore(Store):
             return self._read.execute("DELETE FROM jobs WHERE finished_at < ?", (before,)).rowcount
 
         return await self.loop.run_in_executor(self._reader, run)
+
+
+class StoreLost(Exception):
+    """The SQLite file is not the one the store opened, or not a database any more."""
+
+
+def _quick_check(path: Path) -> str | None:
+    """SQLite's quick check of the file: None when it passes, else what is wrong (in a few words)."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as connection:
+            rows = connection.execute("PRAGMA quick_check").fetchall()
+    except sqlite3.DatabaseError as exc:
+        return f"its file {path} is damaged: {exc}"
+    verdict = "; ".join(str(row[0]) for row in rows[:3])
+    return None if verdict == "ok" else f"its file {path} is damaged: {verdict}"
 
 
 def _dump(value: Any) -> str | None:

@@ -33,7 +33,8 @@ class FlakyStore(SqliteStore):
     def _apply(self, connection: Any, sql: str, params: list[tuple[Any, ...]]) -> None:
         if self.fail_all.is_set():
             raise OSError("injected: the disk is full")
-        if sql == self.FINISH and self.fail_finishes.is_set():
+        finishing = sql == self.INSERT and any(row[5] in ("succeeded", "failed", "cancelled") for row in params)
+        if finishing and self.fail_finishes.is_set():  # a result is saved as its whole record
             self.finish_failed.set()
             raise ValueError("injected: a record that cannot be written")
         super()._apply(connection, sql, params)
