@@ -17,6 +17,14 @@ class HeaderError(ValueError):
     """The header is broken or contradicts the file's size: the file is not usable audio."""
 
 
+class Overclaimed(ValueError):
+    """The header claims more audio than a file of its size can hold: decode it and report what is there."""
+
+    def __init__(self, claimed: int, most: int) -> None:
+        super().__init__(f"the header claims {claimed} frames; a file of this size holds at most {most}")
+        self.claimed = claimed
+
+
 @dataclass(frozen=True)
 class Length:
     frames: int
@@ -30,6 +38,8 @@ class Length:
 FRAME_ALIGNED_TAGS = {0x0001, 0x0003, 0x0006, 0x0007}
 EXTENSIBLE = 0xFFFE
 STREAMING_SIZES = {0, 0xFFFFFFFF}  # written by recorders that never went back to fix the header
+FLAC_MAX_BLOCK = 65535  # samples in one FLAC frame, at most
+FLAC_MIN_FRAME = 8  # bytes of a FLAC frame, at least, besides a byte per channel: header (6) and CRC-16 (2)
 
 
 def sniff(head: bytes) -> str | None:
@@ -123,6 +133,11 @@ def flac_length(data: bytes, total: int) -> Length | None:
         return None  # "unknown": only decoding can tell
     if total < start + 42 + 16:
         raise HeaderError("the FLAC file is truncated")
+    # A FLAC frame holds at most 65,535 samples and takes at least FLAC_MIN_FRAME bytes (its header, a byte or two
+    # per channel's constant subframe, its CRC): a count beyond what the file's bytes can hold is a lie.
+    most = ((total - start - 42) // (FLAC_MIN_FRAME + channels) + 1) * FLAC_MAX_BLOCK
+    if frames > most:
+        raise Overclaimed(frames, most)
     return Length(frames, rate, channels, "FLAC")
 
 

@@ -11,6 +11,7 @@ from actors._fetch import Download, Fetcher, UrlGuard, check_url
 from actors._headers import (
     HeaderError,
     Length,
+    Overclaimed,
     aiff_length,
     flac_length,
     mp3_has_length_frame,
@@ -79,6 +80,19 @@ def from_header(data: bytes, total: int) -> dict[str, Any] | None:
     return None if found is None else _result(found, "header")
 
 
+def _claimed(data: bytes, total: int) -> int | None:
+    """The frames a header claims beyond what the file can hold, or None when its claim is believable."""
+    reader = HEADER_READERS.get(sniff(data[:4096]) or "")
+    try:
+        if reader is not None:
+            reader(data, total)
+    except Overclaimed as exc:
+        return exc.claimed
+    except HeaderError:
+        return None
+    return None
+
+
 def measure(body: bytes) -> dict[str, Any]:
     """The length of a whole audio file held in memory (tests, benchmarks): see `measure_file`."""
     with tempfile.NamedTemporaryFile(prefix="ami-audio-") as spool:
@@ -98,6 +112,12 @@ def measure_file(path: str, head: bytes, size: int) -> dict[str, Any]:
         raise JobFailed(JobErrorCode.NOT_AUDIO, "the URL returned an empty body")
     if _looks_like_text(head[:1024]):
         raise JobFailed(JobErrorCode.NOT_AUDIO, "the URL returned a text/HTML document, not audio")
+    claimed = _claimed(head, size)
+    if claimed is not None:  # never the header's word (nor libsndfile's, which reads the same header): decode
+        decoded = _decode(path, sniff(head[:4096]))
+        if decoded["frames"] < claimed:
+            decoded["truncated"] = True
+        return decoded
     found = from_header(head, size)
     if found is not None:
         return found

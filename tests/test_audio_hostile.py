@@ -94,6 +94,32 @@ def test_a_flac_of_unknown_length_is_counted_not_reported_as_huge(http: FixtureH
         12345, 16000, 2, "decode")
 
 
+def test_a_length_the_files_size_cannot_hold_is_never_reported(http: FixtureHTTP) -> None:
+    # A 144-byte FLAC whose STREAMINFO claims 2^36-1 samples at 1 Hz: 68,719,476,735 s if believed.
+    head = bytearray(b"fLaC" + bytes([0x80, 0, 0, 34]) + bytes(34))
+    packed = (1 << 44) | (0 << 41) | (15 << 36) | (2**36 - 1)  # 1 Hz, mono, 16 bits, 2^36-1 samples
+    head[18:26] = struct.pack(">Q", packed)
+    liar = bytes(head) + bytes(144 - len(head))
+    try:
+        result = worker().run({"url": serve(http, liar)})
+    except JobFailed as failed:  # nothing decodable there: refused, never the claimed length
+        assert failed.code in ("not_audio", "unsupported_format")
+    else:
+        assert result["frames"] < 2**36 - 1 and result["truncated"] and result["method"] == "decode", result
+    # A real FLAC whose count was inflated past what its bytes can hold: the audio that is there, truncated.
+    body = bytearray(encode(12345, 16000, "FLAC", "PCM_16", channels=2))
+    (packed,) = struct.unpack(">Q", body[18:26])
+    body[18:26] = struct.pack(">Q", (packed & ~0xFFFFFFFFF) | (2**36 - 1))
+    result = worker().run({"url": serve(http, bytes(body))})
+    assert (result["frames"], result["truncated"], result["method"]) == (12345, True, "decode")
+    # A WAV whose data chunk claims 2^32-1 bytes in a 100-byte file: the frames that are there.
+    fmt = struct.pack("<HHIIHH", 1, 1, 8000, 16000, 2, 16)
+    wav = b"RIFF" + struct.pack("<I", 92) + b"WAVE" + b"fmt " + struct.pack("<I", 16) + fmt
+    wav += b"data" + struct.pack("<I", 0xFFFFFFFE) + bytes(100 - len(wav) - 8)
+    result = worker().run({"url": serve(http, wav)})
+    assert result["frames"] == (100 - 44) // 2 and result["frames"] < 2**31, result
+
+
 # --- a decompression bomb ------------------------------------------------------------------------------
 
 def test_a_long_silent_mp3_is_measured_in_small_memory(tmp_path: Path) -> None:
