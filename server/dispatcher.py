@@ -363,6 +363,17 @@ class Dispatcher:
             ray.cancel(running.ref)
         return True
 
+    def drop(self, job: Job) -> None:
+        """Stop running or queueing a job without finishing it here (another server owns it now)."""
+        pool = self.pools.get(job.kind)
+        if pool is not None:
+            pool.pending.remove(job)
+        running = job.running
+        job.running = None
+        if isinstance(running, Running):
+            running.timer.cancel()
+            ray.cancel(running.ref)
+
     def _launch(self, pool: Pool, job: Job, actor: int) -> None:
         assert self._loop is not None
         pool.inflight[actor] += 1
@@ -410,7 +421,7 @@ class Dispatcher:
         if job.started_at is not None:
             ms = (time.time() - job.started_at) * 1000
             pool.run_ms = ms if pool.run_ms is None else 0.8 * pool.run_ms + 0.2 * ms
-        if not job.finished:
+        if not job.finished and not job.remote:  # a dropped job (another server's now) ends without a result here
             self._settle(pool, job, actor, future)
         self._pump(pool)
 

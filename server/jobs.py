@@ -43,6 +43,7 @@ class Job:
     owner: str = ""  # the server that runs it (and resubmits it after a crash)
     tenant: str = ""  # who submitted it: a token's tenant name, or `@address` without tokens
     priority: int = 5  # 0-9, 9 first: orders jobs within one tenant's lane only
+    fence: int = 0  # shared stores: the fencing token this server's writes of the job carry (grows per adoption)
     restarts: int = 0  # times a server restarted with this job unfinished
     attempts: int = 0
     watchers: dict[Watcher, str | None] = field(default_factory=dict)

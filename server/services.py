@@ -53,6 +53,8 @@ class Dispatching(Protocol):
 
     def cancel(self, job: Job) -> bool: ...
 
+    def drop(self, job: Job) -> None: ...
+
 
 class Origin(Watcher, Protocol):
     """Who submits: a connection, which may hold only so many unfinished jobs."""
@@ -183,6 +185,20 @@ class Services:
         if job is not None and not job.remote:
             self.dispatcher.cancel(job)
 
+    def lost(self, job_id: str) -> None:
+        """Another server owns this job now (it adopted it while this one could not renew its lease): stop this
+        server's copy without a result, and follow the job as the other server's, so watchers here still get the
+        one result it writes."""
+        job = self.table.get(job_id)
+        if job is None or job.remote:
+            return
+        log.warning("job %s belongs to another server now; this server's copy is cancelled", job_id)
+        job.remote = True
+        self.dispatcher.drop(job)
+        job.state, job.result, job.error, job.finished_at, job.published = JobState.RUNNING, None, None, None, False
+        self.quotas.release(job)
+        self.spawn(self.table.remote_finished(job_id))  # it may have finished there already
+
     def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.create_task(coroutine)
         self._background.add(task)
@@ -235,6 +251,7 @@ class Services:
         """Run a job that a stopped server left unfinished (this one's before a restart, or a dead one's)."""
         job = self.table.get(saved.id) or saved  # someone here may already watch it (followed as remote)
         job.remote, job.running, job.result, job.error = False, None, None, None
+        job.fence = saved.fence  # the token this server's writes of it must carry now
         job.restarts = saved.restarts + 1
         job.state = JobState.QUEUED
         job.owner = self.owner  # it is this server's now (saved again below)
@@ -271,6 +288,7 @@ async def services_context(settings: Settings, store: Store | None = None,
         services = Services(settings, ray_info, store, make_dispatcher)
         services.dispatcher.start()
         stack.push_async_callback(services.dispatcher.close)
+        store.on_lost = services.lost
         store.listen(lambda job_id: services.spawn(services.table.remote_finished(job_id)),
                      services.cancel_requested)
         services.spawn(store.hold_lease(services.owner))

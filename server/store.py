@@ -100,6 +100,10 @@ def from_record(record: dict[str, Any]) -> Job:
     return job
 
 
+def _nobody(job_id: str) -> None:
+    return None
+
+
 def cache_key(args: dict[str, Any]) -> str:
     return json.dumps(args, sort_keys=True, separators=(",", ":"))
 
@@ -114,6 +118,7 @@ class Store:
         self._finished: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self.max_finished = max_finished
         self.failure: str | None = None  # why the last write failed, until one succeeds again
+        self.on_lost: Callable[[str], None] = _nobody  # told of a job another server now owns (shared stores)
 
     async def open(self) -> None:
         self.loop = asyncio.get_running_loop()
@@ -464,13 +469,30 @@ class RedisStore(Store):
     FINISHED = "ami:finished"
     CANCEL = "ami:cancel"
 
+    # A job's result and running state are written only by the holder of its current fencing token: a server
+    # that lost the job (paused past its lease, then adopted by another) writes nothing for it when it wakes.
+    FENCED_SET = """
+        if tonumber(redis.call('GET', KEYS[3]) or '0') ~= tonumber(ARGV[3]) then return 0 end
+        if ARGV[6] == 'finish' then
+            redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+            redis.call('SREM', KEYS[2], ARGV[4])
+            redis.call('PUBLISH', ARGV[5], ARGV[4])
+        else
+            redis.call('SET', KEYS[1], ARGV[1], 'XX')
+        end
+        return 1
+    """
+
     def __init__(self, url: str, ttl: float, lease_ttl: float = 15.0) -> None:
         super().__init__()
         self.url = url
         self.ttl = int(ttl)
         self.lease_ttl = lease_ttl
         self._held: set[str] = set()  # owners whose lease this store renews
-        self._pending: list[tuple[Callable[[Any], None], Saved | None]] = []
+        self._owned: dict[str, str] = {}  # job id -> owner: saved as this server's, not finished by it yet
+        self.fenced = 0  # writes refused because another server owns the job now
+        # (write, its answer, the job whose fenced write it queues last, the job it makes this server's)
+        self._pending: list[tuple[Callable[[Any], None], Saved | None, str | None, str | None]] = []
         self._flushing: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
 
@@ -500,6 +522,10 @@ class RedisStore(Store):
     def _key(job_id: str) -> str:
         return f"ami:job:{job_id}"
 
+    @staticmethod
+    def _fence(job_id: str) -> str:
+        return f"ami:fence:{job_id}"
+
     def put(self, job: Job) -> Saved:
         record = json.dumps(to_record(job))
 
@@ -507,25 +533,20 @@ class RedisStore(Store):
             pipe.set(self._key(job.id), record)
             pipe.sadd(f"ami:unfinished:{job.owner}", job.id)
 
-        return self._enqueue(write)
+        return self._enqueue(write, owns=job)
+
+    def _fenced(self, job: Job, what: str, pipe: Any) -> None:
+        record = json.dumps(to_record(job))
+        keys = [self._key(job.id), f"ami:unfinished:{job.owner}", self._fence(job.id)]
+        # EVAL, not EVALSHA: a Redis restarted meanwhile has forgotten loaded scripts, and the text is small.
+        pipe.eval(self.FENCED_SET, len(keys), *keys, record, self.ttl, job.fence, job.id, self.FINISHED, what)
 
     def finish(self, job: Job) -> Saved:
-        record = json.dumps(to_record(job))
+        self._owned.pop(job.id, None)
+        return self._enqueue(lambda pipe: self._fenced(job, "finish", pipe), fenced=job.id)
 
-        def write(pipe: Any) -> None:
-            pipe.set(self._key(job.id), record, ex=self.ttl)
-            pipe.srem(f"ami:unfinished:{job.owner}", job.id)
-            pipe.publish(self.FINISHED, job.id)
-
-        return self._enqueue(write)
-
-    def start(self, job: Job) -> None:
-        record = json.dumps(to_record(job))
-
-        def write(pipe: Any) -> None:
-            pipe.set(self._key(job.id), record, xx=True)  # never resurrects a purged or finished record
-
-        self._enqueue(write, wanted=False)
+    def start(self, job: Job) -> None:  # never resurrects a purged or finished record (SET XX)
+        self._enqueue(lambda pipe: self._fenced(job, "start", pipe), wanted=False, fenced=job.id)
 
     def remember(self, kind: str, args: dict[str, Any], result: Any) -> None:
         key, value = f"ami:result:{kind}:{cache_key(args)}", json.dumps(result)
@@ -539,9 +560,13 @@ class RedisStore(Store):
         raw = await self.client.get(f"ami:result:{kind}:{cache_key(args)}")
         return json.loads(raw) if raw else None
 
-    def _enqueue(self, write: Callable[[Any], None], wanted: bool = True) -> Saved:
+    def _enqueue(self, write: Callable[[Any], None], wanted: bool = True, fenced: str | None = None,
+                 owns: Job | None = None) -> Saved:
         saved = self.loop.create_future()
-        self._pending.append((write, saved if wanted else None))
+        self._pending.append((write, saved if wanted else None, fenced, owns.id if owns else None))
+        if owns is not None:
+            owner = owns.owner
+            saved.add_done_callback(lambda done: self._owned.__setitem__(owns.id, owner) if done.result() else None)
         if self._flushing is None:
             self._flushing = self.loop.create_task(self._flush())
         return saved
@@ -551,18 +576,27 @@ class RedisStore(Store):
             while self._pending:
                 batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
                 ok = True
+                lost: list[str] = []
                 try:
                     async with self.client.pipeline(transaction=False) as pipe:
-                        for write, _ in batch:
+                        ends = []
+                        for write, _, _, _ in batch:
                             write(pipe)
-                        await pipe.execute()
+                            ends.append(len(pipe.command_stack))
+                        answers = await pipe.execute()
+                    lost = [job_id for (_, _, job_id, _), end in zip(batch, ends, strict=True)
+                            if job_id is not None and answers[end - 1] == 0]
                 except Exception as exc:
                     log.exception("the job store could not save %d writes", len(batch))
                     self.failure = f"the job store could not save: {exc}"
                     ok = False
                 else:
                     self.failure = None
-                _resolve_all([(saved, ok) for _, saved in batch])
+                for job_id in lost:  # refused by the fence: the job is another server's now
+                    self.fenced += 1
+                    self._owned.pop(job_id, None)
+                    self.on_lost(job_id)
+                _resolve_all([(saved, ok) for _, saved, _, _ in batch])
         finally:
             self._flushing = None
 
@@ -573,21 +607,46 @@ class RedisStore(Store):
     async def unfinished(self, owner: str) -> list[Job]:
         members = await self.client.smembers(f"ami:unfinished:{owner}")
         ids = sorted(member.decode() if isinstance(member, bytes) else str(member) for member in members)
-        jobs = [await self.get(job_id) for job_id in ids]
-        return sorted((job for job in jobs if job is not None and not job.finished), key=lambda job: job.created_at)
+        jobs = [job for job_id in ids if (job := await self._owned_job(job_id, owner)) is not None]
+        return sorted(jobs, key=lambda job: job.created_at)
+
+    async def _owned_job(self, job_id: str, owner: str) -> Job | None:
+        """An unfinished job of `owner`'s, with the fencing token its writes must carry, now this server's."""
+        job = await self.get(job_id)
+        if job is None or job.finished:
+            return None
+        job.fence = int(await self.client.get(self._fence(job_id)) or 0)
+        self._owned[job_id] = owner
+        return job
 
     @staticmethod
     def _lease(owner: str) -> str:
         return f"ami:lease:{owner}"
 
     async def hold_lease(self, owner: str) -> None:
+        """Renew `owner`'s lease every third of its life; each time, jobs this server holds that are no longer in
+        its set were adopted by another server while this one could not renew (paused, cut off): drop them."""
         self._held.add(owner)  # kept: `close` gives the lease up, whether or not this task still runs then
         while True:
             try:
                 await self.client.set(self._lease(owner), "alive", px=int(self.lease_ttl * 1000))
+                await self._drop_lost(owner)
             except Exception:
                 log.exception("the lease of %s could not be renewed", owner)
             await asyncio.sleep(self.lease_ttl / 3)
+
+    async def _drop_lost(self, owner: str) -> None:
+        ids = [job_id for job_id, holder in self._owned.items() if holder == owner]
+        if not ids:
+            return
+        present = await self.client.smismember(f"ami:unfinished:{owner}", ids)
+        gone = [job_id for job_id, here in zip(ids, present, strict=True) if not here and job_id in self._owned]
+        if gone:
+            log.warning("%d jobs were adopted by another server while this one could not renew its lease; "
+                        "cancelling this server's copies", len(gone))
+        for job_id in gone:
+            self._owned.pop(job_id, None)
+            self.on_lost(job_id)
 
     async def adopt(self, owner: str) -> list[Job]:
         mine = f"ami:unfinished:{owner}"
@@ -600,8 +659,12 @@ class RedisStore(Store):
             for member in await self.client.smembers(name):
                 job_id = member.decode() if isinstance(member, bytes) else str(member)
                 if await self.client.smove(name, mine, job_id):  # atomic: one adopter per job
+                    token = await self.client.incr(self._fence(job_id))  # the old owner's writes are refused now
+                    await self.client.expire(self._fence(job_id), self.ttl + 86_400)
                     job = await self.get(job_id)
                     if job is not None and not job.finished:
+                        job.fence = int(token)
+                        self._owned[job_id] = owner
                         adopted.append(job)
                     else:
                         await self.client.srem(mine, job_id)

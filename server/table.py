@@ -115,6 +115,8 @@ class JobTable:
             lambda done: self._saved(job, done.result(), attempt))
 
     def _saved(self, job: Job, saved: bool, attempt: int) -> None:
+        if job.remote and not job.finished:
+            return  # lost to another server meanwhile (the store refused this write): its result comes from there
         if saved:
             self._publish(job)
         elif attempt < self.SAVE_RETRIES:

@@ -199,3 +199,45 @@ def test_results_of_cacheable_kinds_are_kept_for_reuse(make_store: Opener) -> No
             assert await store.cached("audio.length", {"date": "2024-03-26"}) is None
 
     run(scenario())
+
+
+def test_redis_fencing_refuses_the_old_owners_writes_once_a_job_is_adopted(redis_url: str) -> None:
+    """Server A saved a job and lost its lease; B adopted it (its fencing token grew): A's state and result
+    writes are refused and A is told, B's are written, and the finish is announced once."""
+    async def scenario() -> None:
+        redis.Redis.from_url(redis_url).flushdb()
+        announced: list[str] = []
+        lost: list[str] = []
+        heard = asyncio.Event()
+
+        def on_finished(job_id: str) -> None:
+            announced.append(job_id)
+            heard.set()
+
+        async with opened(lambda: RedisStore(redis_url, ttl=3600)) as a, \
+                opened(lambda: RedisStore(redis_url, ttl=3600)) as b, \
+                opened(lambda: RedisStore(redis_url, ttl=3600)) as listener:
+            assert isinstance(a, RedisStore) and isinstance(b, RedisStore)
+            listener.listen(on_finished, lambda job_id: None)
+            await asyncio.wait_for(listener.subscribed, 10)  # type: ignore[attr-defined]
+            a.on_lost = lost.append
+            job = Job("echo", {"n": 1}, None, owner="a")
+            assert await saved(a.put, job)
+            [adopted] = await b.adopt("b")  # A holds no lease: its jobs are anyone's
+            assert adopted.id == job.id and adopted.fence == 1 and job.fence == 0
+            a.start(job)
+            job.state, job.finished_at, job.result = JobState.SUCCEEDED, time.time(), {"by": "a"}
+            assert await saved(a.finish, job), "answered (A is told it lost the job), never written"
+            assert lost == [job.id, job.id] and a.fenced == 2
+            record = await b.get(job.id)
+            assert record is not None and record.state is JobState.QUEUED, "A's writes changed nothing"
+            adopted.owner = "b"  # as the adopting server's resume makes it
+            adopted.state, adopted.finished_at, adopted.result = JobState.SUCCEEDED, time.time(), {"by": "b"}
+            assert await saved(b.finish, adopted) and b.fenced == 0
+            record = await b.get(job.id)
+            assert record is not None and record.result == {"by": "b"}
+            await asyncio.wait_for(heard.wait(), 10)
+            assert announced == [job.id], "A announced nothing: its announcement would have come first, in order"
+            assert not await b.client.sismember("ami:unfinished:b", job.id)
+
+    run(scenario())

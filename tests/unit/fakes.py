@@ -63,6 +63,10 @@ class FakeDispatcher:
         else:
             asyncio.get_running_loop().call_soon(self.table.finish, job, JobState.SUCCEEDED, job.args)
 
+    def drop(self, job: Job) -> None:
+        if job in self.held:
+            self.held.remove(job)
+
     def cancel(self, job: Job) -> bool:
         if job.finished:
             return False
