@@ -45,6 +45,7 @@ test: $(STAMP) $(NODE_STAMP) system-deps lint
 
 bench: $(STAMP) system-deps
 	$(PY) -m pip install --quiet -e '.[test,bench]'
+	-$(PY) -m bench soak --minutes 10  # writes bench/SOAK.md (exit 1 if a job was lost or ran twice)
 	$(PY) -m bench
 
 clean:

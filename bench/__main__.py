@@ -2,6 +2,7 @@
 
     python -m bench [--quick] [--out BENCHMARKS.md]
     python -m bench scale --servers 1,2,4     (N servers on one Ray cluster: bench/SCALE.md)
+    python -m bench soak --minutes 10         (stores failing under mixed load: bench/SOAK.md)
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ def main() -> None:
         from bench.scale import main as scale
 
         scale()
+        return
+    if sys.argv[1:2] == ["soak"]:
+        from bench.soak import main as soak
+
+        soak()
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="one short run of each figure (a smoke run)")

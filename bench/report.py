@@ -167,9 +167,10 @@ def write_report(results: Results, path: Path) -> None:
 
     out += ["", "## Targets", "", "| target | |", "|---|---|"]
     out += [f"| {name} | {verdict(ok)} |" for name, ok in targets(results)]
-    scale = Path(__file__).with_name("SCALE.md")  # from `python -m bench scale`
-    if scale.exists():
-        out += ["", scale.read_text().strip()]
+    for extra in ("SCALE.md", "SOAK.md"):  # from `python -m bench scale` and `python -m bench soak`
+        written = Path(__file__).with_name(extra)
+        if written.exists():
+            out += ["", written.read_text().strip()]
     notes = Path(__file__).with_name("NOTES.md")
     if notes.exists():
         out += ["", notes.read_text().strip()]
