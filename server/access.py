@@ -107,9 +107,10 @@ class Access:
             return address_tenant(host)
         return self.token_tenant(token)
 
-    def connection_tenant(self, connection: HTTPConnection) -> Tenant | None:
+    def connection_tenant(self, connection: HTTPConnection, token: str | None = None) -> Tenant | None:
+        """The tenant of a connection: by `token` (an `auth` frame's), else by the token it presented."""
         client = connection.client
-        return self.tenant(presented_token(connection), client.host if client else None)
+        return self.tenant(token or presented_token(connection), client.host if client else None)
 
     def connection_token_valid(self, connection: HTTPConnection) -> bool:
         return self.token_valid(presented_token(connection))

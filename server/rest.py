@@ -62,14 +62,18 @@ def operators_only(request: Request) -> JSONResponse | None:
     """401 without a valid token; 403 for a valid one that is not an operator's, once AMI_OPERATOR_TOKENS is set."""
     if (refused := unauthorized(request)) is not None:
         return refused
-    access = request.app.state.services.access
-    if access.may_operate(access.connection_tenant(request)):
+    if _may_operate(request):
         return None
     return _problem(403, "forbidden", "this endpoint is for operators (a token of AMI_OPERATOR_TOKENS)")
 
 
 def _tenant(request: Request) -> Tenant | None:
     return request.app.state.services.access.connection_tenant(request)
+
+
+def _may_operate(request: Request) -> bool:
+    """Whether the requester may use the operator endpoints (and see why /healthz and /readyz say what they say)."""
+    return bool(request.app.state.services.access.may_operate(_tenant(request)))
 
 
 async def _visible_job(request: Request, job_id: str) -> Job | None:
@@ -283,17 +287,12 @@ async def get_pools(request: Request) -> JSONResponse:
     return JSONResponse({"pools": [pool.describe() for pool in services.dispatcher.pools.values()]})
 
 
-def _detail_allowed(request: Request) -> bool:
-    access = request.app.state.services.access
-    return access.may_operate(access.connection_tenant(request))
-
-
 async def readyz(request: Request) -> JSONResponse:
     """Ready to serve jobs: Ray reachable, the store writable, every pool's actors started (503 if not). Probes
     send no token, so anyone gets the status; why it is not ready is for operators (anyone, without tokens)."""
     reasons = request.app.state.services.readiness()
     body: dict[str, Any] = {"ready": not reasons}
-    if _detail_allowed(request):
+    if _may_operate(request):
         body["reasons"] = reasons
     return JSONResponse(body, status_code=503 if reasons else 200)
 
@@ -309,7 +308,7 @@ async def healthz(request: Request) -> JSONResponse:
     problem = request.app.state.services.store.health()
     if problem is not None:
         body: dict[str, Any] = {"ok": False}
-        if _detail_allowed(request):
+        if _may_operate(request):
             body["reason"] = problem
         return JSONResponse(body, status_code=503)
     return JSONResponse({"ok": True})

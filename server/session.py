@@ -71,7 +71,6 @@ class Session:
         self.websocket = websocket
         self.services = services
         self.tenant = tenant  # who this client is; None until an `auth` frame presents a valid token
-        self.authorized = tenant is not None
         self.limit = services.settings.max_outbox_bytes
         self.outbox: deque[Item] | None = None  # frames waiting for the writer, while there are any
         self.queued = 0  # bytes in the outbox
@@ -87,6 +86,10 @@ class Session:
         self._limited_since: float | None = None  # the first `rate_limited` of the current run of them
         self._refused_at = 0.0  # the last one: a run ends after FLOOD_GAP seconds without a refusal
         self._failed = False  # a frame raised unexpectedly: logged with its traceback once per connection
+
+    @property
+    def authorized(self) -> bool:
+        return self.tenant is not None
 
     async def serve(self) -> None:
         await self.websocket.accept()
@@ -320,9 +323,7 @@ class Session:
                 self.done = True
                 self._close_if_done()
             case Auth(token, ref):
-                client = self.websocket.client
-                self.tenant = services.access.tenant(token, client.host if client else None)
-                self.authorized = self.tenant is not None
+                self.tenant = services.access.connection_tenant(self.websocket, token)
                 if self.authorized:
                     self.push(authorized_frame(ref))
                 else:
