@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sock = preflight.listen_socket(settings)  # before Ray: its processes take ephemeral ports
         settings = settings.replace(port=int(sock.getsockname()[1]))
         if not settings.ray_address and settings.dashboard:
-            settings = settings.replace(dashboard_port=preflight.free_dashboard_port(settings))
+            settings = settings.replace(dashboard_port=preflight.port_or_another(settings.dashboard_port))
         if not settings.ray_address:
             settings = settings.replace(ray_metrics_port=preflight.port_or_another(settings.ray_metrics_port))
         recovery.check_data_dir(settings)  # the store's file and the embedded Ray's process record live there
@@ -103,11 +103,6 @@ def recover_store(argv: Sequence[str]) -> int:
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    path = recovery.database(settings)
-    problem = recovery.damage(path)
-    if problem is None and path.exists():
-        print(f"the job store {path} is sound: nothing to do")
-        return 0
     print(recovery.recover(settings))
     return 0
 

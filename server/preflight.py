@@ -29,11 +29,6 @@ def listen_socket(settings: Settings) -> socket.socket:
     return sock
 
 
-def free_dashboard_port(settings: Settings) -> int:
-    """The embedded dashboard's port, or a free one when another program (another Ray) holds it."""
-    return port_or_another(settings.dashboard_port)
-
-
 def port_or_another(port: int) -> int:
     """`port` if it is free on loopback, else a free one (another Ray on this machine may hold Ray's ports)."""
     if _free(port):

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from server.config import Settings, SettingsError
+from server.store import SqliteStore, quick_check
 
 DB_NAME = "jobs.sqlite3"
 RECOVER = "python -m server recover-store"
@@ -49,24 +50,16 @@ def check_database(path: Path) -> None:
 
 def damage(path: Path) -> str | None:
     """What is wrong with the database at `path`, or None when it is sound (or absent: a fresh one is made)."""
-    if not path.exists():
-        return None
-    try:
-        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as connection:
-            rows = connection.execute("PRAGMA quick_check").fetchall()
-    except sqlite3.DatabaseError as exc:
-        return str(exc)
-    verdict = "; ".join(str(row[0]) for row in rows[:3])
-    return None if verdict == "ok" else verdict
+    return quick_check(path) if path.exists() else None
 
 
 def recover(settings: Settings) -> str:
     """Move the damaged database aside and salvage its job records into a fresh one; what was done, in one line."""
-    from server.store import SqliteStore
-
     path = database(settings)
     if not path.exists():
         return f"no job store at {path}: nothing to recover"
+    if damage(path) is None:
+        return f"the job store {path} is sound: nothing to do"
     aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
     for suffix in ("", "-wal", "-shm"):
         source = Path(f"{path}{suffix}")
@@ -74,12 +67,7 @@ def recover(settings: Settings) -> str:
             source.rename(f"{aside}{suffix}")
     rows, seen = salvage(aside)
     with contextlib.closing(sqlite3.connect(path)) as fresh:
-        fresh.executescript(SqliteStore.SCHEMA)
-        columns = [row[1] for row in fresh.execute("PRAGMA table_info(jobs)")]
-        for column, definition in SqliteStore.ADDED_COLUMNS.items():
-            if column not in columns:
-                fresh.execute(f"ALTER TABLE jobs ADD COLUMN {column} {definition}")
-                columns.append(column)
+        columns = SqliteStore.create_tables(fresh)
         saved = 0
         for row in rows:
             known = {key: value for key, value in row.items() if key in columns}

@@ -91,7 +91,7 @@ def from_record(record: dict[str, Any]) -> Job:
     job = Job(record["kind"], record["args"], record.get("ref"), id=record["id"], owner=record.get("owner") or "",
               state=JobState(record["state"]), created_at=float(record["created_at"]),
               restarts=int(record.get("restarts") or 0), tenant=record.get("tenant") or "",
-              priority=int(record.get("priority") or 0) if record.get("priority") is not None else 5)
+              priority=5 if record.get("priority") is None else int(record["priority"]))
     job.finished_at = record.get("finished_at")
     job.started_at = record.get("started_at")
     job.result = record.get("result")
@@ -229,17 +229,24 @@ class SqliteStore(Store):
         await super().open()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         connection = self._connect()
-        connection.executescript(self.SCHEMA)
-        have = {row[1] for row in connection.execute("PRAGMA table_info(jobs)")}
-        for column, definition in self.ADDED_COLUMNS.items():  # a file written before tenants existed
-            if column not in have:
-                connection.execute(f"ALTER TABLE jobs ADD COLUMN {column} {definition}")
+        self.create_tables(connection)
         connection.close()
         self._identity = self._file_identity()
         self._read = await self.loop.run_in_executor(self._reader, self._connect)
         self._thread = threading.Thread(target=self._write_batches, name="store-write", daemon=True)
         self._thread.start()
         self._watcher = asyncio.create_task(self._watch())
+
+    @classmethod
+    def create_tables(cls, connection: sqlite3.Connection) -> list[str]:
+        """The tables, and the columns a file written before tenants existed lacks; the jobs table's columns."""
+        connection.executescript(cls.SCHEMA)
+        columns = [row[1] for row in connection.execute("PRAGMA table_info(jobs)")]
+        for column, definition in cls.ADDED_COLUMNS.items():
+            if column not in columns:
+                connection.execute(f"ALTER TABLE jobs ADD COLUMN {column} {definition}")
+                columns.append(column)
+        return columns
 
     def _file_identity(self) -> tuple[int, int] | None:
         try:
@@ -271,7 +278,7 @@ class SqliteStore(Store):
             await asyncio.sleep(WATCH_EVERY)
             problem = await asyncio.to_thread(self._file_problem)
             if problem is None and self.lost is not None:
-                problem = await asyncio.to_thread(_quick_check, self.path)
+                problem = await asyncio.to_thread(_damaged, self.path)
                 if problem is None:
                     log.warning("the job store's file %s is sound again; saving resumes", self.path)
             if problem != self.lost and problem is not None:
@@ -312,9 +319,7 @@ class SqliteStore(Store):
     def health(self) -> str | None:
         if not self._thread.is_alive():
             return "the job store's writer has stopped"
-        if self.lost is not None:
-            return f"the job store is unavailable: {self.lost}"
-        return self.failure
+        return self.unavailable() or self.failure
 
     def unavailable(self) -> str | None:
         return None if self.lost is None else f"the job store is unavailable: {self.lost}"
@@ -348,7 +353,7 @@ class SqliteStore(Store):
                     self.lost = str(exc)
                 else:
                     log.exception("the job store could not save %d writes", len(batch))
-                    self.lost = _quick_check(self.path)  # damaged, or a passing trouble (a full disk)?
+                    self.lost = _damaged(self.path)  # damaged, or a passing trouble (a full disk)?
                 self.failure = f"the job store could not save: {exc}"
                 outcomes = [False] * len(batch)
                 _close_quietly(connection)
@@ -415,15 +420,21 @@ class StoreLost(Exception):
     """The SQLite file is not the one the store opened, or not a database any more."""
 
 
-def _quick_check(path: Path) -> str | None:
-    """SQLite's quick check of the file: None when it passes, else what is wrong (in a few words)."""
+def quick_check(path: Path) -> str | None:
+    """SQLite's quick check of the file, read only: None when it passes, else what is wrong (in a few words)."""
     try:
         with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as connection:
             rows = connection.execute("PRAGMA quick_check").fetchall()
     except sqlite3.DatabaseError as exc:
-        return f"its file {path} is damaged: {exc}"
+        return str(exc)
     verdict = "; ".join(str(row[0]) for row in rows[:3])
-    return None if verdict == "ok" else f"its file {path} is damaged: {verdict}"
+    return None if verdict == "ok" else verdict
+
+
+def _damaged(path: Path) -> str | None:
+    """Why the store cannot trust its file, from SQLite's quick check, or None."""
+    problem = quick_check(path)
+    return None if problem is None else f"its file {path} is damaged: {problem}"
 
 
 def _dump(value: Any) -> str | None:
@@ -491,8 +502,8 @@ class RedisStore(Store):
         self._held: set[str] = set()  # owners whose lease this store renews
         self._owned: dict[str, str] = {}  # job id -> owner: saved as this server's, not finished by it yet
         self.fenced = 0  # writes refused because another server owns the job now
-        # (write, its answer, the job whose fenced write it queues last, the job it makes this server's)
-        self._pending: list[tuple[Callable[[Any], None], Saved | None, str | None, str | None]] = []
+        # (write, its answer, the job whose fenced write it queues last)
+        self._pending: list[tuple[Callable[[Any], None], Saved | None, str | None]] = []
         self._flushing: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
 
@@ -563,7 +574,7 @@ class RedisStore(Store):
     def _enqueue(self, write: Callable[[Any], None], wanted: bool = True, fenced: str | None = None,
                  owns: Job | None = None) -> Saved:
         saved = self.loop.create_future()
-        self._pending.append((write, saved if wanted else None, fenced, owns.id if owns else None))
+        self._pending.append((write, saved if wanted else None, fenced))
         if owns is not None:
             owner = owns.owner
             saved.add_done_callback(lambda done: self._owned.__setitem__(owns.id, owner) if done.result() else None)
@@ -580,11 +591,11 @@ class RedisStore(Store):
                 try:
                     async with self.client.pipeline(transaction=False) as pipe:
                         ends = []
-                        for write, _, _, _ in batch:
+                        for write, _, _ in batch:
                             write(pipe)
                             ends.append(len(pipe.command_stack))
                         answers = await pipe.execute()
-                    lost = [job_id for (_, _, job_id, _), end in zip(batch, ends, strict=True)
+                    lost = [job_id for (_, _, job_id), end in zip(batch, ends, strict=True)
                             if job_id is not None and answers[end - 1] == 0]
                 except Exception as exc:
                     log.exception("the job store could not save %d writes", len(batch))
@@ -596,7 +607,7 @@ class RedisStore(Store):
                     self.fenced += 1
                     self._owned.pop(job_id, None)
                     self.on_lost(job_id)
-                _resolve_all([(saved, ok) for _, saved, _, _ in batch])
+                _resolve_all([(saved, ok) for _, saved, _ in batch])
         finally:
             self._flushing = None
 
