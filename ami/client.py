@@ -213,14 +213,13 @@ class Client:
                 future = self._results[result.job] = asyncio.get_running_loop().create_future()
             future.set_result(result)
             self._stream.put_nowait(result)
-        elif kind == "error" and frame.get("code") == "not_found" and frame.get("job") in self._results:
+            return
+        if kind == "error" and frame.get("code") == "not_found" and frame.get("job") in self._results:
             future = self._results[frame["job"]]  # watched, but the server knows no such job: say so, never hang
             if not future.done():
                 future.set_exception(Refused("not_found", str(frame.get("message", "")), ref))
                 future.exception()  # retrieved: nobody may be waiting
-            if ref is not None and ref in self._answers:
-                self._answers.pop(ref).set_result(frame)
-        elif ref is not None and ref in self._answers and kind != "result":
+        if ref is not None and ref in self._answers:
             answer = self._answers.pop(ref)
             if not answer.done():
                 answer.set_result(frame)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from server.jobs import Job
 
@@ -28,21 +28,12 @@ class FairQueue:
         self._last: dict[str, int] = {}  # tenant -> the turn it was last served in
         self._served = 0
         self._arrivals = itertools.count()
-        self._size = 0
-        self._entries: dict[str, tuple[int, int]] = {}  # job id -> its (priority key, arrival) in its lane
+        self._entries: dict[str, tuple[int, int]] = {}  # job id -> its (priority key, arrival): every job queued
         self._keys: dict[str, Counter[int]] = {}  # tenant -> jobs queued by priority key, for `position`
         self._latest: dict[str, dict[int, int]] = {}  # tenant -> priority key -> the last arrival pushed
 
     def __len__(self) -> int:
-        return self._size
-
-    def __bool__(self) -> bool:
-        return self._size > 0
-
-    def __iter__(self) -> Iterator[Job]:
-        for lane in self._lanes.values():
-            for _, _, job in lane:
-                yield job
+        return len(self._entries)
 
     def push(self, job: Job, front: bool = False) -> None:
         lane = self._lanes.setdefault(job.tenant, [])
@@ -51,11 +42,9 @@ class FairQueue:
         self._entries[job.id] = entry
         self._keys.setdefault(job.tenant, Counter())[entry[0]] += 1
         self._latest.setdefault(job.tenant, {})[entry[0]] = entry[1]
-        self._size += 1
         self._take_turn(job.tenant)
 
     def _left(self, job: Job, key: int) -> None:
-        self._size -= 1
         del self._entries[job.id]
         keys = self._keys[job.tenant]
         keys[key] -= 1
@@ -85,8 +74,7 @@ class FairQueue:
                 skipped.append(entry)
                 continue
             self._turn.pop(tenant, None)
-            if not lane:
-                self._lanes.pop(tenant, None)
+            if not lane:  # its jobs were all removed (cancelled) since it took this turn
                 continue
             key, _, job = heapq.heappop(lane)
             self._left(job, key)
@@ -128,7 +116,7 @@ class FairQueue:
         return len(self._lanes)
 
     def by_tenant(self) -> dict[str, int]:
-        return {tenant: len(lane) for tenant, lane in self._lanes.items() if lane}
+        return {tenant: len(lane) for tenant, lane in self._lanes.items()}  # a lane is never kept empty
 
     def position(self, job: Job) -> int | None:
         """Jobs that will be served before `job` (0: it is next), or None if it is not queued.

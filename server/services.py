@@ -137,11 +137,8 @@ class Services:
             raise ConnectionFull(f"this connection has {origin.unfinished} unfinished jobs; wait for some results")
         if (problem := self.store.unavailable()) is not None:
             raise StoreUnavailable(f"{problem}; nothing is accepted until it is back")
-        name = tenant.name if tenant is not None else ""
-        self.dispatcher.check_capacity(kind.name, name)
-        self.quotas.check(name, asyncio.get_running_loop().time())
-        job = Job(kind.name, args, ref, owner=self.owner, tenant=name, priority=priority)
-        self.quotas.count(job)
+        self.dispatcher.check_capacity(kind.name, tenant.name if tenant is not None else "")
+        job = self._new_job(kind.name, args, ref, tenant, priority)
         saved = self.table.put(job)
         saved.add_done_callback(lambda done: None if done.result() else self._withdraw(job))
         self.run(job)
@@ -151,14 +148,20 @@ class Services:
                            error: dict[str, str]) -> Job:
         """A job that fails as soon as it is saved (the old API accepted what it later failed): the tenant's quotas
         apply as to any job; StoreUnavailable if it could not be saved."""
-        name = tenant.name if tenant is not None else ""
-        self.quotas.check(name, asyncio.get_running_loop().time())
-        job = Job(kind_name, args, owner=self.owner, tenant=name)
-        self.quotas.count(job)
+        job = self._new_job(kind_name, args, None, tenant)
         if not await self.table.put(job):
             self._withdraw(job)
             raise StoreUnavailable("the job store cannot save jobs right now; try again")
         self.table.finish(job, JobState.FAILED, error=error)
+        return job
+
+    def _new_job(self, kind_name: str, args: dict[str, Any], ref: str | None, tenant: Tenant | None,
+                 priority: int = 5) -> Job:
+        """A job of `tenant`'s, counted against its quotas (TenantQuota when it is at one)."""
+        name = tenant.name if tenant is not None else ""
+        self.quotas.check(name, asyncio.get_running_loop().time())
+        job = Job(kind_name, args, ref, owner=self.owner, tenant=name, priority=priority)
+        self.quotas.count(job)
         return job
 
     def _withdraw(self, job: Job) -> None:
