@@ -10,7 +10,6 @@ measured is the queue's fairness, not the quotas'.
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import sys
 import threading
@@ -21,10 +20,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import soundfile
 import websockets
 
+from bench.hostile import silent_wav
 from bench.loadgen import percentile
 from bench.servers import Process, server
 
@@ -36,15 +34,9 @@ LIFTED = {"AMI_FRAMES_PER_S": "1000000", "AMI_TENANT_SUBMITS_PER_S": "100000", "
           "AMI_MAX_PENDING": "1000000"}
 
 
-def _wav() -> bytes:
-    buffer = io.BytesIO()
-    soundfile.write(buffer, np.zeros(8000, dtype="int16"), 8000, format="WAV", subtype="PCM_16")
-    return buffer.getvalue()
-
-
 def serve_files() -> None:
     """The files, served from this process until its standard input closes; prints the base URL."""
-    body = _wav()
+    body = silent_wav()
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args: Any) -> None:

@@ -40,6 +40,13 @@ print(json.dumps({"frames": result["frames"], "method": result["method"], "grew_
 """
 
 
+def silent_wav(frames: int = 8000, rate: int = 8000) -> bytes:
+    """A mono 16-bit WAV of silence (one second by default)."""
+    buffer = io.BytesIO()
+    soundfile.write(buffer, np.zeros(frames, dtype="int16"), rate, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
 def silent_mp3(minutes: float) -> tuple[bytes, int]:
     """Stereo 48 kHz silence as an MP3 without a Xing frame (a decoder must count its frames), and its samples.
 

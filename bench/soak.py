@@ -10,7 +10,6 @@ import argparse
 import asyncio
 import collections
 import contextlib
-import io
 import itertools
 import json
 import random
@@ -26,10 +25,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import soundfile
 import websockets
 
+from bench.hostile import silent_wav
 from bench.servers import ServerProcess, free_port, listening
 
 OUT = Path(__file__).with_name("SOAK.md")
@@ -48,9 +46,7 @@ class Tally:
 
 @contextlib.contextmanager
 def audio_server(tally: Tally) -> Iterator[str]:
-    buffer = io.BytesIO()
-    soundfile.write(buffer, np.zeros(8000, dtype="int16"), 8000, format="WAV", subtype="PCM_16")
-    body = buffer.getvalue()
+    body = silent_wav()
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args: Any) -> None:

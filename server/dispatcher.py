@@ -56,9 +56,12 @@ class Pool:
     running_by: Counter[str] = field(default_factory=Counter)  # tenant -> its jobs running on the pool
     seen: dict[str, float] = field(default_factory=dict)  # tenant -> when it last submitted this kind
 
+    def serving(self) -> list[int]:
+        """The actors that take jobs: alive, and not being restarted by Ray."""
+        return [index for index, alive in enumerate(self.alive) if alive and not self.restarting[index]]
+
     def free_slots(self) -> int:
-        return sum(self.capacity - busy for busy, alive, down in zip(self.inflight, self.alive, self.restarting,
-                                                                       strict=True) if alive and not down)
+        return sum(self.capacity - self.inflight[index] for index in self.serving())
 
     def headroom_for(self, now: float) -> str | None:
         """The tenant that may not take the pool's last free slot, if any: the one running the most jobs, while
@@ -86,7 +89,7 @@ class Pool:
 
     def free_actor(self) -> int | None:
         """The least-loaded live actor with a free slot, if any (never one that Ray is restarting)."""
-        live = [index for index, alive in enumerate(self.alive) if alive and not self.restarting[index]]
+        live = self.serving()
         if not live:
             return None
         best = min(live, key=self.inflight.__getitem__)
@@ -328,8 +331,7 @@ class Dispatcher:
         pool = self.pools.get(job.kind)
         if pool is None or (ahead := pool.pending.position(job)) is None:
             return None
-        slots = sum(alive and not down for alive, down in zip(pool.alive, pool.restarting, strict=True))
-        slots *= pool.capacity
+        slots = len(pool.serving()) * pool.capacity
         if pool.run_ms is None or not slots:
             return ahead, None
         return ahead, math.ceil(pool.run_ms * (ahead + 1) / slots)
