@@ -17,14 +17,13 @@ import requests
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from bench.abuse import UPGRADE  # the slowloris benchmark's request, trickled here too
 from server.jobs import Job
 from server.store import Store
 from tests.helpers import ServerThread, run, wait_until
 from tests.unit.fakes import FakeDispatcher, unit_client, unit_settings
 
 DEADLINE = 1.0
-UPGRADE = (b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
 
 
 class BrokenDispatcher(FakeDispatcher):
