@@ -6,13 +6,13 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 from collections import deque
 from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from actors import InvalidArgs
+from server.buckets import refilled, wait_ms
 from server.errors import CloseCode, ErrorCode, Refused, RequestError, refusal
 from server.jobs import Job
 from server.protocol import (
@@ -139,7 +139,7 @@ class Session:
         """Spend one frame of the budget (AMI_FRAMES_PER_S, a burst of BURST_SECONDS' worth); else answer
         `rate_limited`, and close a connection still over budget FLOOD_GRACE seconds after the first one."""
         rate = self.services.settings.frames_per_s
-        budget = min(rate * BURST_SECONDS, self._budget + (now - self._budget_at) * rate)
+        budget = refilled(self._budget, self._budget_at, now, rate, rate * BURST_SECONDS)
         self._budget_at = now
         if budget >= 1.0:
             self._budget = budget - 1.0
@@ -155,11 +155,11 @@ class Session:
                 self._enqueue(CloseCode.FLOODING)
             return False
         self._refused_at = now
-        wait_ms = max(1, math.ceil((1.0 - budget) / rate * 1000))
+        wait = wait_ms(budget, rate)
         self.services.metrics.refused("rate_limited")
         self.push(error_frame(ErrorCode.RATE_LIMITED, f"more than {rate:g} frames a second; this frame was not "
-                                                      f"served: send it again in {wait_ms} ms",
-                              _ref_of(text), retry_after_ms=wait_ms))
+                                                      f"served: send it again in {wait} ms",
+                              _ref_of(text), retry_after_ms=wait))
         return False
 
     def _enqueue(self, item: Item) -> None:

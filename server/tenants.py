@@ -8,11 +8,11 @@ only: anyone may still read any job by its id. Address tenants are named `@addre
 from __future__ import annotations
 
 import hashlib
-import math
 import re
 from collections import Counter
 from dataclasses import dataclass
 
+from server.buckets import refilled, wait_ms
 from server.errors import TenantQuota
 from server.jobs import Job
 
@@ -26,10 +26,6 @@ MAX_BUCKETS = 10_000  # idle tenants' buckets are forgotten past this many (a fu
 class Tenant:
     name: str
     operator: bool = False  # sees every tenant's jobs and the operator endpoints
-
-    @property
-    def label(self) -> str:
-        return label(self.name)
 
 
 def label(name: str) -> str:
@@ -67,12 +63,12 @@ class Quotas:
                               "(AMI_TENANT_MAX_UNFINISHED); wait for some results", 1000)
         burst = self.rate * BURST_SECONDS
         tokens, at = self._buckets.get(tenant, (burst, now))
-        tokens = min(burst, tokens + (now - at) * self.rate)
+        tokens = refilled(tokens, at, now, self.rate, burst)
         if tokens < 1.0:
             self._buckets[tenant] = (tokens, now)
-            wait_ms = max(1, math.ceil((1.0 - tokens) / self.rate * 1000))
+            wait = wait_ms(tokens, self.rate)
             raise TenantQuota(f"more than {self.rate:g} submissions a second (AMI_TENANT_SUBMITS_PER_S); "
-                              f"submit again in {wait_ms} ms", wait_ms)
+                              f"submit again in {wait} ms", wait)
         if len(self._buckets) >= MAX_BUCKETS and tenant not in self._buckets:
             self._forget_idle(now)
         self._buckets[tenant] = (tokens - 1.0, now)
@@ -80,7 +76,7 @@ class Quotas:
     def _forget_idle(self, now: float) -> None:
         burst = self.rate * BURST_SECONDS
         self._buckets = {tenant: (tokens, at) for tenant, (tokens, at) in self._buckets.items()
-                         if tokens + (now - at) * self.rate < burst}
+                         if refilled(tokens, at, now, self.rate, burst) < burst}
 
     def count(self, job: Job) -> None:
         """A job of its tenant is unfinished from now (admitted, or resumed after a restart)."""
