@@ -8,9 +8,9 @@ import ipaddress
 import logging
 import re
 import socket
+from collections.abc import Mapping
+from typing import Protocol
 from urllib.parse import urlsplit
-
-from starlette.requests import HTTPConnection
 
 from server.config import Settings
 from server.jobs import Job
@@ -23,6 +23,24 @@ TOKEN_IN_TEXT = re.compile(r"(token=)[^&\s\"']*", re.IGNORECASE)
 JOB_IN_PATH = re.compile(r"(/(?:jobs|task)/)[^/?#\s\"]+")  # a job id lets one read (or cancel) the job
 
 Origin = tuple[str, str, int]  # scheme, host, port
+
+
+class Peer(Protocol):
+    @property
+    def host(self) -> str: ...
+
+
+class HTTPConnection(Protocol):
+    """What the rules read of a request or a WebSocket handshake (Starlette's `HTTPConnection` is one)."""
+
+    @property
+    def client(self) -> Peer | None: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    @property
+    def query_params(self) -> Mapping[str, str]: ...
 
 
 def _is_loopback(host: str) -> bool:

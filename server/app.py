@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import resource
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +21,11 @@ from starlette.websockets import WebSocket
 from server import rest
 from server.access import Access, presented_token
 from server.config import Settings
+from server.dispatcher import Dispatcher
 from server.errors import CloseCode, ErrorCode
 from server.guard import ConnectionGuard, ForwardedLimit, guarded_protocols
 from server.protocol import encode, error_frame
-from server.raysetup import dashboard_sign_in
+from server.raysetup import dashboard_sign_in, no_ray, ray_session, record_once_ready, report_metrics
 from server.services import DispatcherFactory, Services, services_context
 from server.session import Session
 from server.store import Store
@@ -50,7 +51,18 @@ def create_app(settings: Settings, store: Store | None = None, make_dispatcher: 
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with services_context(settings, store, make_dispatcher) as services:
+        """Ray (unless the pools are fakes), then the services; stopped in reverse."""
+        async with AsyncExitStack() as stack:
+            factory: DispatcherFactory
+            if make_dispatcher is None:
+                ray_info, factory = stack.enter_context(ray_session(settings)), Dispatcher
+            else:
+                ray_info, factory = no_ray(settings), make_dispatcher
+            services = await stack.enter_async_context(services_context(settings, ray_info, store, factory))
+            if ray_info.address != "none":
+                services.spawn(report_metrics(services.metrics))
+            if ray_info.processes_file is not None:
+                services.spawn(record_once_ready(services.dispatcher.ready, ray_info.processes_file))
             app.state.services = services
             guard.on_refuse = services.metrics.refused
             yield

@@ -1,13 +1,10 @@
-"""What operators watch: Prometheus text on GET /metrics, and the job and pool series in Ray's own metrics
-(`ray.util.metrics`, shown by Ray's dashboard and its Prometheus). Labels are kinds, statuses and named tenants
+"""What operators watch: Prometheus text on GET /metrics (and, through `raysetup.report_metrics`, the job and pool
+series in Ray's own metrics, shown by Ray's dashboard and its Prometheus). Labels are kinds, statuses and named tenants
 (every address tenant is `anonymous`), never job ids."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -16,11 +13,8 @@ from prometheus_client.registry import Collector
 from server.jobs import Job
 from server.tenants import ANONYMOUS, label
 
-log = logging.getLogger("server.metrics")
-
 JOB_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 STORE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5)
-RAY_EVERY = 5.0  # seconds between settings of Ray's pool gauges
 
 PoolStats = Callable[[], dict[str, tuple[int, int, int]]]  # kind -> (actors, queued, running)
 Queued = Callable[[], dict[str, dict[str, int]]]  # kind -> tenant -> jobs queued
@@ -68,8 +62,7 @@ class Metrics:
         self.store_seconds = Histogram("ami_store_seconds", "a job store write, from asking to durable",
                                        buckets=STORE_BUCKETS, registry=self.registry)
         self.registry.register(_Live(pools, connections, queued))
-        self.ray: dict[str, Any] = {}
-        self._for_ray: list[tuple[str, str, float]] = []  # jobs ended since Ray's metrics were last told
+        self._for_ray: list[tuple[str, str, float]] | None = None  # jobs ended since Ray's metrics were last told
 
     def job_ended(self, job: Job) -> None:
         status = str(job.state)
@@ -77,7 +70,7 @@ class Metrics:
         if job.finished_at is not None:
             seconds = max(job.finished_at - job.created_at, 0.0)
             self.job_seconds.labels(job.kind).observe(seconds)
-            if self.ray:  # handed to Ray every RAY_EVERY seconds: a Ray metric call per job costs throughput
+            if self._for_ray is not None:  # handed to Ray in batches: a Ray metric call per job costs throughput
                 self._for_ray.append((job.kind, status, seconds))
 
     def refused(self, reason: str) -> None:
@@ -90,39 +83,7 @@ class Metrics:
     def text(self) -> bytes:
         return generate_latest(self.registry)
 
-    async def report_to_ray(self) -> None:
-        """The same job and pool series in Ray's metrics, the pool gauges set again every RAY_EVERY seconds."""
-        from ray.util import metrics as ray_metrics
-
-        try:
-            self.ray = {
-                "jobs": ray_metrics.Counter("ami_jobs_total", "jobs ended", tag_keys=("kind", "status")),
-                "seconds": ray_metrics.Histogram("ami_job_seconds", "submission to result", boundaries=list(
-                    JOB_BUCKETS), tag_keys=("kind",)),
-                "actors": ray_metrics.Gauge("ami_pool_actors", "actors in the pool", tag_keys=("kind",)),
-                "queued": ray_metrics.Gauge("ami_pool_queued", "jobs waiting", tag_keys=("kind",)),
-                "running": ray_metrics.Gauge("ami_pool_running", "jobs running", tag_keys=("kind",)),
-            }
-        except Exception:  # metrics are for operators: their failure must never stop the service
-            log.exception("Ray's metrics are not available; /metrics still is")
-            return
-        while True:
-            ended, self._for_ray = self._for_ray, []
-            pools = self.pools()
-            try:  # in a thread: thousands of Ray metric calls must not hold up the event loop
-                await asyncio.to_thread(self._tell_ray, ended, pools)
-            except Exception:
-                log.exception("Ray's metrics could not be updated")
-            await asyncio.sleep(RAY_EVERY)
-
-    def _tell_ray(self, ended: list[tuple[str, str, float]], pools: dict[str, tuple[int, int, int]]) -> None:
-        counts: dict[tuple[str, str], int] = {}
-        for kind, status, seconds in ended:
-            counts[kind, status] = counts.get((kind, status), 0) + 1
-            self.ray["seconds"].observe(seconds, tags={"kind": kind})
-        for (kind, status), count in counts.items():
-            self.ray["jobs"].inc(count, tags={"kind": kind, "status": status})
-        for kind, (actors, queued, running) in pools.items():
-            self.ray["actors"].set(actors, tags={"kind": kind})
-            self.ray["queued"].set(queued, tags={"kind": kind})
-            self.ray["running"].set(running, tags={"kind": kind})
+    def ended_since(self) -> list[tuple[str, str, float]]:
+        """The jobs ended since the last call (kind, status, seconds), for Ray's metrics (kept from the first call)."""
+        ended, self._for_ray = self._for_ray or [], []
+        return ended

@@ -1,23 +1,27 @@
-"""Starting, joining and leaving Ray, without losing the server's signal handlers."""
+"""Starting, joining and leaving Ray, without losing the server's signal handlers; the server's series in Ray's
+metrics. The app's lifespan is the only caller: admission (`services.py`) never imports Ray."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 import ray
 
 import actors
 from server.config import Settings
+from server.metrics import JOB_BUCKETS, Metrics
 
 log = logging.getLogger("server.ray")
 
@@ -25,6 +29,7 @@ MiB = 1024 * 1024
 LOOPBACK = "127.0.0.1"
 TOKEN_FILE = Path.home() / ".ray" / "auth_token"  # where Ray looks for its token when no variable names one
 PROCESSES_FILE = "ray-processes.json"  # in the data dir: the embedded Ray's pids, for the next start to reap
+METRICS_EVERY = 5.0  # seconds between settings of Ray's pool gauges
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,15 @@ class RayInfo:
     dashboard_url: str | None
     address: str
     processes_file: Path | None = None  # where the embedded Ray's processes are recorded
+
+    def connected(self) -> bool:
+        """Whether the Ray this server uses is there (always, when it uses none: the tests' fake pools)."""
+        return self.address == "none" or ray.is_initialized()
+
+
+def no_ray(settings: Settings) -> RayInfo:
+    """The server's Ray when the pools are not Ray's (the tests' fakes)."""
+    return RayInfo(False, settings.dashboard_url, "none")
 
 
 def keep_on_loopback() -> None:
@@ -178,3 +192,48 @@ def dashboard_sign_in() -> str:
     if source == "RAY_AUTH_TOKEN":
         return "it asks for the cluster's token, this server's RAY_AUTH_TOKEN"
     return f"it asks for the token that `cat {source}` prints"
+
+
+async def record_once_ready(ready: Callable[[], Awaitable[None]], path: Path) -> None:
+    """Ray starts more processes (workers, agents) as the pools come up: record them too."""
+    await ready()
+    await asyncio.to_thread(record_processes, path)
+
+
+async def report_metrics(metrics: Metrics) -> None:
+    """The server's job and pool series in Ray's metrics, the pool gauges set again every METRICS_EVERY seconds."""
+    from ray.util import metrics as ray_metrics
+
+    try:
+        series = {
+            "jobs": ray_metrics.Counter("ami_jobs_total", "jobs ended", tag_keys=("kind", "status")),
+            "seconds": ray_metrics.Histogram("ami_job_seconds", "submission to result", boundaries=list(JOB_BUCKETS),
+                                             tag_keys=("kind",)),
+            "actors": ray_metrics.Gauge("ami_pool_actors", "actors in the pool", tag_keys=("kind",)),
+            "queued": ray_metrics.Gauge("ami_pool_queued", "jobs waiting", tag_keys=("kind",)),
+            "running": ray_metrics.Gauge("ami_pool_running", "jobs running", tag_keys=("kind",)),
+        }
+    except Exception:  # metrics are for operators: their failure must never stop the service
+        log.exception("Ray's metrics are not available; /metrics still is")
+        return
+    while True:
+        ended, pools = metrics.ended_since(), metrics.pools()
+        try:  # in a thread: thousands of Ray metric calls must not hold up the event loop
+            await asyncio.to_thread(_tell_ray, series, ended, pools)
+        except Exception:
+            log.exception("Ray's metrics could not be updated")
+        await asyncio.sleep(METRICS_EVERY)
+
+
+def _tell_ray(series: dict[str, Any], ended: list[tuple[str, str, float]],
+              pools: dict[str, tuple[int, int, int]]) -> None:
+    counts: dict[tuple[str, str], int] = {}
+    for kind, status, seconds in ended:
+        counts[kind, status] = counts.get((kind, status), 0) + 1
+        series["seconds"].observe(seconds, tags={"kind": kind})
+    for (kind, status), count in counts.items():
+        series["jobs"].inc(count, tags={"kind": kind, "status": status})
+    for kind, (size, queued, running) in pools.items():
+        series["actors"].set(size, tags={"kind": kind})
+        series["queued"].set(queued, tags={"kind": kind})
+        series["running"].set(running, tags={"kind": kind})

@@ -1,6 +1,7 @@
 """Admission and the services every handler shares: the one place where a submission, from the socket or
 REST, becomes a job (kind, schema, meaning, limits, save, start), and where the table, store and
-dispatcher meet. No Starlette here: handlers turn its exceptions into wire errors at the edge."""
+dispatcher meet. Neither Starlette nor Ray here, at any depth (tests/unit/test_structure.py): handlers turn its
+exceptions into wire errors at the edge, and the app's lifespan brings Ray and the dispatcher in."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
-from pathlib import Path
 from typing import Any, Protocol
 
 from actors import JobErrorCode, JobKind, all_kinds
@@ -18,7 +18,6 @@ from server.errors import ConnectionFull, StoreUnavailable, UnknownKind
 from server.jobs import Job, JobState, Watcher
 from server.metrics import Metrics
 from server.protocol import kinds_frame
-from server.raysetup import RayInfo, ray_session, record_processes
 from server.store import ResultCache, Saved, Store, open_store, purge_forever
 from server.table import JobTable
 from server.tenants import Quotas, Tenant
@@ -56,6 +55,18 @@ class Dispatching(Protocol):
     def drop(self, job: Job) -> None: ...
 
 
+class RayLink(Protocol):
+    """The Ray this server uses, as admission sees it (`raysetup.RayInfo`)."""
+
+    @property
+    def dashboard_url(self) -> str | None: ...
+
+    @property
+    def address(self) -> str: ...
+
+    def connected(self) -> bool: ...
+
+
 class Origin(Watcher, Protocol):
     """Who submits: a connection, which may hold only so many unfinished jobs."""
 
@@ -69,7 +80,7 @@ DispatcherFactory = Callable[[Settings, JobTable, dict[str, JobKind], ResultCach
 class Services:
     """What every request handler shares: settings, kinds, the job store and table, the dispatcher."""
 
-    def __init__(self, settings: Settings, ray_info: RayInfo, store: Store, make_dispatcher: DispatcherFactory
+    def __init__(self, settings: Settings, ray_info: RayLink, store: Store, make_dispatcher: DispatcherFactory
                  ) -> None:
         self.settings = settings
         self.access = Access(settings)
@@ -96,11 +107,8 @@ class Services:
     def readiness(self) -> list[str]:
         """Why this server cannot serve jobs now (empty when it can): Ray, the store, the pools."""
         reasons = []
-        if self.ray.owned or self.ray.address == "existing":
-            import ray
-
-            if not ray.is_initialized():
-                reasons.append("Ray is not connected")
+        if not self.ray.connected():
+            reasons.append("Ray is not connected")
         if (problem := self.store.health()) is not None:
             reasons.append(problem)
         reasons += [f"{count} {kind} actors have not started yet"
@@ -203,9 +211,16 @@ class Services:
         self.spawn(self.table.remote_finished(job_id))  # it may have finished there already
 
     def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+        """Run `coroutine` in the background until it ends or the server stops (`stop_background`)."""
         task = asyncio.create_task(coroutine)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    async def stop_background(self) -> None:
+        tasks = list(self._background)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def run(self, job: Job) -> None:
         """Send a job to its pool, or finish it at once with the saved result of a cacheable kind."""
@@ -269,20 +284,11 @@ class Services:
 
 
 @asynccontextmanager
-async def services_context(settings: Settings, store: Store | None = None,
-                           make_dispatcher: DispatcherFactory | None = None) -> AsyncIterator[Services]:
-    """Everything the app shares, started in order and stopped in reverse.
-
-    `store` replaces the configured store; `make_dispatcher` replaces Ray's pools (then no Ray is started).
-    """
+async def services_context(settings: Settings, ray_info: RayLink, store: Store | None,
+                           make_dispatcher: DispatcherFactory) -> AsyncIterator[Services]:
+    """Everything the app shares, started in order and stopped in reverse; `store` replaces the configured one.
+    Every task started here is awaited before the dispatcher and the store close."""
     async with AsyncExitStack() as stack:
-        if make_dispatcher is None:
-            from server.dispatcher import Dispatcher
-
-            ray_info = stack.enter_context(ray_session(settings))
-            make_dispatcher = Dispatcher
-        else:
-            ray_info = RayInfo(False, settings.dashboard_url, "none")
         if store is None:
             store = open_store(settings.store, settings.data_dir, settings.result_ttl, settings.max_finished_jobs,
                                settings.lease_ttl)
@@ -291,22 +297,11 @@ async def services_context(settings: Settings, store: Store | None = None,
         services = Services(settings, ray_info, store, make_dispatcher)
         services.dispatcher.start()
         stack.push_async_callback(services.dispatcher.close)
-        store.on_lost = services.lost
-        store.listen(lambda job_id: services.spawn(services.table.remote_finished(job_id)),
-                     services.cancel_requested)
+        stack.push_async_callback(services.stop_background)
+        await store.listen(lambda job_id: services.spawn(services.table.remote_finished(job_id)),
+                           services.cancel_requested, services.lost)
         services.spawn(store.hold_lease(services.owner))
         await services.recover()
         services.spawn(services.adopt_forever(settings.lease_ttl / 2))
         services.spawn(purge_forever(store, settings.result_ttl))
-        if ray_info.owned or ray_info.address == "existing":
-            services.spawn(services.metrics.report_to_ray())
-        if ray_info.processes_file is not None:
-            services.spawn(_record_once_ready(services, ray_info.processes_file))
-        stack.callback(lambda: [task.cancel() for task in services._background])
         yield services
-
-
-async def _record_once_ready(services: Services, path: Path) -> None:
-    """Ray starts more processes (workers, agents) as the pools come up: record them too."""
-    await services.dispatcher.ready()
-    await asyncio.to_thread(record_processes, path)

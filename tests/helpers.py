@@ -69,8 +69,10 @@ class _Server(uvicorn.Server):
     def __init__(self, config: uvicorn.Config) -> None:
         super().__init__(config)
         self.up = threading.Event()
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        self.loop = asyncio.get_running_loop()
         await super().startup(sockets)
         self.up.set()
 
@@ -117,7 +119,8 @@ class ServerThread:
         future.result(timeout)
 
     def server_loop(self) -> asyncio.AbstractEventLoop:
-        return self.app.state.services.dispatcher._loop
+        assert self.server.loop is not None, "the server has not started"
+        return self.server.loop
 
 
 class Client:

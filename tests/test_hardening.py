@@ -6,6 +6,7 @@ import asyncio
 import gc
 import json
 import logging
+import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,19 +26,23 @@ class FlakyStore(SqliteStore):
     """A real SQLite store whose writes fail on demand, the way a full disk or a bad record fails them."""
 
     def __init__(self, path: Path) -> None:
-        super().__init__(path)
         self.fail_all = threading.Event()
         self.fail_finishes = threading.Event()
         self.finish_failed = threading.Event()
+        faults = self
 
-    def _apply(self, connection: Any, sql: str, params: list[tuple[Any, ...]]) -> None:
-        if self.fail_all.is_set():
-            raise OSError("injected: the disk is full")
-        finishing = sql == self.INSERT and any(row[5] in ("succeeded", "failed", "cancelled") for row in params)
-        if finishing and self.fail_finishes.is_set():  # a result is saved as its whole record
-            self.finish_failed.set()
-            raise ValueError("injected: a record that cannot be written")
-        super()._apply(connection, sql, params)
+        class FlakyConnection(sqlite3.Connection):
+            def executemany(self, sql: str, params: Any, /) -> sqlite3.Cursor:
+                if faults.fail_all.is_set():
+                    raise OSError("injected: the disk is full")
+                finishing = sql == SqliteStore.INSERT and any(row[5] in ("succeeded", "failed", "cancelled")
+                                                              for row in params)
+                if finishing and faults.fail_finishes.is_set():  # a result is saved as its whole record
+                    faults.finish_failed.set()
+                    raise ValueError("injected: a record that cannot be written")
+                return super().executemany(sql, params)
+
+        super().__init__(path, connection_class=FlakyConnection)
 
 
 @pytest.fixture(scope="module")
@@ -181,24 +186,6 @@ def test_finished_jobs_leave_memory_and_are_read_back_from_the_store(server: Ser
     assert status["state"] == "succeeded"
     assert (later["status"], later["result"]["n"], later["ref"]) == ("succeeded", 199, "later")
     assert requests.get(f"{server.url}/jobs/{jobs[5]}", timeout=30).json()["result"]["n"] == 5
-
-
-def test_the_memory_store_keeps_a_bounded_number_of_results() -> None:
-    from server.jobs import Job, JobState
-    from server.store import Store
-
-    async def scenario() -> None:
-        store = Store(max_finished=3)
-        await store.open()
-        jobs = [Job("echo", {"n": n}) for n in range(5)]
-        for job in jobs:
-            job.state, job.result = JobState.SUCCEEDED, {"n": job.args["n"]}
-            assert await store.finish(job)
-        assert [await store.get(job.id) is None for job in jobs] == [True, True, False, False, False]
-        again = await store.get(jobs[4].id)
-        assert again is not None and again.result == {"n": 4} and again.published
-
-    run(scenario())
 
 
 def test_a_store_that_cannot_save_answers_busy_and_health_says_so(flaky: tuple[ServerThread, FlakyStore]) -> None:

@@ -15,7 +15,8 @@ from server.app import create_app
 from server.config import Settings
 from server.errors import PoolFull
 from server.jobs import Job, JobState
-from server.store import ResultCache, Saved, Store
+from server.store import MemoryStore, ResultCache, Saved, Store
+from server.store.interface import saved_now
 from server.table import JobTable
 
 
@@ -76,13 +77,13 @@ class FakeDispatcher:
         return True
 
 
-class RefusingStore(Store):
+class RefusingStore(MemoryStore):
     """The memory store, but every save fails while `refusing` is set (a full disk)."""
 
     refusing = False
 
     def put(self, job: Job) -> Saved:
-        return self._done(not self.refusing)
+        return saved_now(not self.refusing)
 
 
 def unit_settings(tmp_path: Path, **changes: Any) -> Settings:
@@ -93,6 +94,6 @@ def unit_settings(tmp_path: Path, **changes: Any) -> Settings:
 @contextmanager
 def unit_client(settings: Settings, store: Store | None = None) -> Iterator[TestClient]:
     """The whole app on Starlette's test client, with the fake pools: no Ray, no sockets."""
-    app = create_app(settings, store or Store(), make_dispatcher=FakeDispatcher)
+    app = create_app(settings, store or MemoryStore(), make_dispatcher=FakeDispatcher)
     with TestClient(app) as client:
         yield client

@@ -19,7 +19,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from bench.abuse import UPGRADE  # the slowloris benchmark's request, trickled here too
 from server.jobs import Job
-from server.store import Store
+from server.store import MemoryStore
 from tests.helpers import ServerThread, run, wait_until
 from tests.unit.fakes import FakeDispatcher, unit_client, unit_settings
 
@@ -39,7 +39,7 @@ class BrokenDispatcher(FakeDispatcher):
 def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
     settings = unit_settings(tmp_path_factory.mktemp("guard"), header_timeout=DEADLINE, max_connections_per_ip=4,
                              frames_per_s=20.0, trusted_proxies=("127.0.0.4",))
-    with ServerThread(settings, store=Store(), make_dispatcher=BrokenDispatcher) as running:
+    with ServerThread(settings, store=MemoryStore(), make_dispatcher=BrokenDispatcher) as running:
         yield running
 
 

@@ -1,5 +1,6 @@
-"""The shape of the code base, checked from its source: no import circles in server/, and each layer
-imports only what it may (actors/ nothing of server/, protocol.py no Ray or Starlette, store.py no Ray)."""
+"""The shape of the code base, checked from its source: no import circles in server/, and each layer imports only
+what it may, at any depth: actors/ nothing of server/; admission (services.py), the protocol, the job table and the
+store neither Ray nor Starlette, through whatever they import."""
 
 from __future__ import annotations
 
@@ -7,6 +8,17 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def modules(*packages: str) -> dict[str, Path]:
+    """Every module of `packages` (subpackages included), by dotted name."""
+    return {module_name(path): path for package in packages for path in sorted((ROOT / package).rglob("*.py"))}
 
 
 def imports(path: Path) -> set[str]:
@@ -21,9 +33,31 @@ def imports(path: Path) -> set[str]:
     return found
 
 
-def package_graph(package: str) -> dict[str, set[str]]:
-    modules = {f"{package}.{path.stem}": path for path in (ROOT / package).glob("*.py") if path.stem != "__init__"}
-    return {name: {other for other in imports(path) if other in modules} - {name} for name, path in modules.items()}
+def package_graph(*packages: str) -> dict[str, set[str]]:
+    known = modules(*packages)
+    return {name: {other for other in imports(path) if other in known} - {name} for name, path in known.items()}
+
+
+def loaded_with(name: str, graph: dict[str, set[str]]) -> set[str]:
+    """The project's modules that importing `name` loads: what it imports, their packages' __init__, and so on."""
+    seen: set[str] = set()
+    todo = [name]
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        parents = [".".join(module.split(".")[:end]) for end in range(1, module.count(".") + 1)]
+        todo += [other for other in (*graph.get(module, ()), *parents) if other in graph]
+    return seen
+
+
+def third_party(name: str) -> set[str]:
+    """The top-level packages outside the project that importing module `name` loads, at any depth."""
+    known = modules("server", "actors")
+    graph = package_graph("server", "actors")
+    return {other.split(".")[0] for module in loaded_with(name, graph) for other in imports(known[module])
+            if other.split(".")[0] not in ("server", "actors")}
 
 
 def cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -51,7 +85,7 @@ def cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_no_import_circle_inside_server() -> None:
     graph = package_graph("server")
-    assert len(graph) > 10
+    assert len(graph) > 10 and "server.store.sqlite" in graph
     assert cycle(graph) is None, f"import circle: {' -> '.join(cycle(graph) or [])}"
 
 
@@ -60,11 +94,23 @@ def test_the_cycle_finder_finds_one() -> None:
     assert cycle({"a": {"b"}, "b": set()}) is None
 
 
-def test_each_layer_imports_only_what_it_may() -> None:
+def test_the_transitive_check_sees_through_modules_and_packages() -> None:
+    """Ray reaches app.py only through modules it imports; the store package's __init__ loads every backend."""
+    assert "ray" not in {name.split(".")[0] for name in imports(ROOT / "server" / "app.py")}
+    assert {"ray", "starlette"} <= third_party("server.app")
+    assert "server.store.redis" in loaded_with("server.store.interface", package_graph("server", "actors"))
+
+
+def test_actors_import_nothing_of_the_server() -> None:
     for path in (ROOT / "actors").glob("*.py"):
         assert not any(name == "server" or name.startswith("server.") for name in imports(path)), path
-    forbidden = {"protocol.py": ("ray", "starlette"), "store.py": ("ray",), "jobs.py": ("ray", "starlette"),
-                 "services.py": ("starlette",), "table.py": ("ray", "starlette")}
+
+
+def test_each_layer_loads_only_what_it_may() -> None:
+    forbidden = {"server.services": ("ray", "starlette"), "server.protocol": ("ray", "starlette"),
+                 "server.jobs": ("ray", "starlette"), "server.table": ("ray", "starlette"),
+                 "server.store": ("ray", "starlette"), "server.access": ("ray", "starlette")}
     for name, roots in forbidden.items():
-        found = imports(ROOT / "server" / name)
-        assert not any(module.split(".")[0] in roots for module in found), (name, sorted(found))
+        loaded = third_party(name)
+        assert not loaded & set(roots), (name, sorted(loaded & set(roots)))
+
