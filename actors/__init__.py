@@ -5,9 +5,10 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from actors._base import InvalidArgs, JobErrorCode, JobFailed, JobKind, PoolSpec, Worker, WorkerConfig
+from actors._base import InvalidArgs, JobErrorCode, JobFailed, JobKind, PoolSpec, Worker, WorkerConfig, job_error
 
-__all__ = ["InvalidArgs", "JobErrorCode", "JobFailed", "JobKind", "PoolSpec", "Worker", "WorkerConfig", "all_kinds"]
+__all__ = ["InvalidArgs", "JobErrorCode", "JobFailed", "JobKind", "PoolSpec", "Worker", "WorkerConfig", "all_kinds",
+           "job_error"]
 
 
 def all_kinds() -> dict[str, JobKind]:

@@ -10,7 +10,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from actors._base import JobErrorCode, JobFailed, WorkerConfig
+from actors._base import JobErrorCode, JobFailed, WorkerConfig, job_error
 from actors._fetch import Scope, job_scope
 
 log = logging.getLogger("actors")
@@ -71,14 +71,14 @@ class KindActor:
                                                                          self.worker.run, args)
             return {"ok": value}
         except JobFailed as exc:
-            return {"error": {"code": str(exc.code), "message": exc.message}}
+            return {"error": exc.error}
         except asyncio.CancelledError:
             scope.stop("cancelled")
             raise
         except Exception:
             log.exception("%s worker failed on %r", self.kind.name, args)
             message = "the worker failed unexpectedly; see the server log"
-            return {"error": {"code": str(JobErrorCode.INTERNAL), "message": message}}
+            return {"error": job_error(JobErrorCode.INTERNAL, message)}
 
     async def _report_to_ray(self) -> None:
         """`ami_actor_jobs_total{kind,outcome}` and `ami_actor_run_seconds{kind}` (the time a job spent in its

@@ -38,6 +38,11 @@ class JobErrorCode(StrEnum):
     INTERNAL = "internal"
 
 
+def job_error(code: JobErrorCode, message: str) -> dict[str, str]:
+    """A failed job's `error`, as its result carries it: the one place that shape is written."""
+    return {"code": str(code), "message": message}
+
+
 class JobFailed(Exception):
     """A job ended in failure for a reason the user can act on."""
 
@@ -45,6 +50,10 @@ class JobFailed(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+    @property
+    def error(self) -> dict[str, str]:
+        return job_error(self.code, self.message)
 
 
 class InvalidArgs(JobFailed):

@@ -77,7 +77,7 @@ def create_app(settings: Settings, store: Store | None = None, make_dispatcher: 
         if token is not None and not access.token_valid(token):
             await websocket.accept()
             await websocket.send_text(encode(error_frame(ErrorCode.UNAUTHORIZED, UNAUTHORIZED)))
-            await websocket.close(CloseCode.UNAUTHORIZED, "a valid token is required")
+            await websocket.close(CloseCode.UNAUTHORIZED, CloseCode.UNAUTHORIZED.reason)
             return
         # No token at all: the first frames may present one (`auth`), for clients that cannot set headers.
         session = Session(websocket, services, access.connection_tenant(websocket))
@@ -87,13 +87,13 @@ def create_app(settings: Settings, store: Store | None = None, make_dispatcher: 
         finally:
             services.sessions.discard(session)
 
+    @rest.requires(rest.ANYONE)
     async def index(request: Request) -> FileResponse:
         return FileResponse(WEB_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
+    @rest.requires(rest.OPERATORS)
     async def config(request: Request) -> JSONResponse:
         services: Services = request.app.state.services
-        if (refused := rest.operators_only(request)) is not None:
-            return refused
         return JSONResponse({"dashboard_url": services.ray.dashboard_url, "kinds": sorted(services.kinds)})
 
     routes = [

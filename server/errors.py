@@ -3,6 +3,8 @@ the inner layers raise, turned into wire errors in one place (`refusal`) at the 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import IntEnum, StrEnum
 
 from actors import InvalidArgs
@@ -35,16 +37,35 @@ HTTP_STATUS = {  # REST answers to a refused request; any other code is 422
 }
 
 
+def http_status(code: ErrorCode) -> int:
+    return HTTP_STATUS.get(code, 422)
+
+
 class CloseCode(IntEnum):
-    """WebSocket close codes the server uses (4000-4999 are the application's)."""
+    """WebSocket close codes the server sends (4000-4999 are the application's), each with its one reason."""
 
     NORMAL = 1000  # `done`: every result pushed
-    GOING_AWAY = 1001  # server shutting down: reconnect elsewhere or later, then `watch`
-    FORBIDDEN = 1008  # policy violation: a browser origin that is not allowed (sent as HTTP 403)
+    FORBIDDEN = 1008  # policy violation: a browser origin that is not allowed (sent as HTTP 403), too many sockets
     INTERNAL = 1011  # the server could not go on with this connection (a bug); reconnect and `watch`
+    SERVICE_RESTART = 1012  # the server is stopping (uvicorn sends it at shutdown): reconnect later, then `watch`
     UNAUTHORIZED = 4001  # no valid token: send `auth` first, or connect with Authorization: Bearer
     TOO_SLOW = 4008  # the client left more than AMI_MAX_OUTBOX_BYTES unread; reconnect and `watch`
     FLOODING = 4029  # still over AMI_FRAMES_PER_S 5 s after the first `rate_limited`; reconnect slower, `watch`
+
+    @property
+    def reason(self) -> str:
+        return CLOSE_REASONS[self]
+
+
+CLOSE_REASONS = {
+    CloseCode.NORMAL: "done: every result sent",
+    CloseCode.FORBIDDEN: "too many open connections from your address; close some and try again",
+    CloseCode.INTERNAL: "the server could not send a frame",
+    CloseCode.SERVICE_RESTART: "the server is restarting; reconnect, then watch your jobs",
+    CloseCode.UNAUTHORIZED: "a valid token is required",
+    CloseCode.TOO_SLOW: "too many unread bytes; reconnect and watch your jobs",
+    CloseCode.FLOODING: "too many frames after 'rate_limited'; wait retry_after_ms before sending again",
+}
 
 
 class RequestError(Exception):
@@ -93,18 +114,27 @@ class TenantQuota(Refused):
         self.retry_after_ms = retry_after_ms
 
 
-_CODES: dict[type[Exception], ErrorCode] = {
-    UnknownKind: ErrorCode.UNKNOWN_KIND,
-    InvalidArgs: ErrorCode.INVALID_ARGS,
-    PoolFull: ErrorCode.BUSY,
-    ConnectionFull: ErrorCode.BUSY,
-    StoreUnavailable: ErrorCode.BUSY,
-    TenantQuota: ErrorCode.RATE_LIMITED,
-    Refused: ErrorCode.BUSY,  # a refusal nobody mapped yet: the client may try again
-}
+REFUSALS: tuple[tuple[type[Exception], ErrorCode], ...] = (  # the first row the refusal is an instance of
+    (UnknownKind, ErrorCode.UNKNOWN_KIND),
+    (InvalidArgs, ErrorCode.INVALID_ARGS),
+    (TenantQuota, ErrorCode.RATE_LIMITED),
+    (Refused, ErrorCode.BUSY),  # PoolFull, ConnectionFull, StoreUnavailable, and any refusal not listed above
+)
 
 
 def refusal(exc: Refused | InvalidArgs, ref: str | None = None) -> RequestError:
-    """The wire error for an inner layer's refusal: the one place where the two vocabularies meet."""
-    code = next(_CODES[cls] for cls in type(exc).__mro__ if cls in _CODES)  # a new subclass maps as its parent
+    """The wire error for an inner layer's refusal: the one place where the two vocabularies meet. A new subclass
+    of a listed exception maps as its parent does."""
+    code = next(code for cls, code in REFUSALS if isinstance(exc, cls))
     return RequestError(code, exc.message, ref, retry_after_ms=getattr(exc, "retry_after_ms", None))
+
+
+@contextmanager
+def refusals_answered(ref: str | None = None, loc: tuple[str, ...] = ("body",)) -> Iterator[None]:
+    """Inside the block, admission's refusals become the RequestError the edge (socket or REST) answers with."""
+    try:
+        yield
+    except (Refused, InvalidArgs) as exc:
+        refused = refusal(exc, ref)
+        refused.loc = loc
+        raise refused from None

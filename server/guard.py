@@ -23,9 +23,11 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
+from server.errors import CloseCode
+
 log = logging.getLogger("server.guard")
 
-TOO_MANY = "too many open connections from your address; close some and try again"
+TOO_MANY = CloseCode.FORBIDDEN.reason  # the same words in an HTTP 429 and in a WebSocket close
 TOO_SLOW = "the request was not complete in time"
 
 
@@ -192,7 +194,7 @@ class ForwardedLimit:
                             "headers": [(b"content-type", b"text/plain; charset=utf-8")]})
                 await send({"type": "http.response.body", "body": TOO_MANY.encode()})
             else:
-                await send({"type": "websocket.close", "code": 1008, "reason": TOO_MANY})
+                await send({"type": "websocket.close", "code": CloseCode.FORBIDDEN, "reason": TOO_MANY})
             return
         try:
             await self.app(scope, receive, send)

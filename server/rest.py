@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import json
 import logging
 import re
@@ -18,7 +19,7 @@ from starlette.routing import Route
 
 from actors import InvalidArgs
 from server.access import is_json
-from server.errors import HTTP_STATUS, ErrorCode, Refused, RequestError, refusal
+from server.errors import ErrorCode, RequestError, http_status, refusals_answered
 from server.jobs import TERMINAL, Job, JobState
 from server.protocol import load_json, parse_priority
 from server.services import Services
@@ -51,20 +52,28 @@ class CallbackLogger:
         pass
 
 
-def unauthorized(request: Request) -> JSONResponse | None:
-    """A 401 answer when the server has tokens and the request presents no valid one, else None."""
-    if request.app.state.services.access.connection_token_valid(request):
-        return None
-    return _problem(401, "unauthorized", "a valid token is required (Authorization: Bearer or ?token=)")
+Endpoint = Callable[[Request], Awaitable[Response]]
+ANYONE, CLIENTS, OPERATORS = "anyone", "clients", "operators"  # who may call a route (`requires`)
 
 
-def operators_only(request: Request) -> JSONResponse | None:
-    """401 without a valid token; 403 for a valid one that is not an operator's, once AMI_OPERATOR_TOKENS is set."""
-    if (refused := unauthorized(request)) is not None:
-        return refused
-    if _may_operate(request):
-        return None
-    return _problem(403, "forbidden", "this endpoint is for operators (a token of AMI_OPERATOR_TOKENS)")
+def requires(who: str) -> Callable[[Endpoint], Endpoint]:
+    """Declare, once per route, who may call it (as Starlette's `requires` does): `CLIENTS` need a valid token when
+    the server has tokens (else 401); `OPERATORS` also need an operator's, once AMI_OPERATOR_TOKENS is set (else 403);
+    `ANYONE` is for probes, which send no token (they learn why only with an operator's)."""
+
+    def decorate(endpoint: Endpoint) -> Endpoint:
+        @functools.wraps(endpoint)
+        async def checked(request: Request) -> Response:
+            if who != ANYONE and not request.app.state.services.access.connection_token_valid(request):
+                return _problem(401, "unauthorized", "a valid token is required (Authorization: Bearer or ?token=)")
+            if who == OPERATORS and not _may_operate(request):
+                return _problem(403, "forbidden", "this endpoint is for operators (a token of AMI_OPERATOR_TOKENS)")
+            return await endpoint(request)
+
+        checked.access = who  # type: ignore[attr-defined]  # read by the test that every route declares one
+        return checked
+
+    return decorate
 
 
 def _tenant(request: Request) -> Tenant | None:
@@ -161,12 +170,8 @@ async def _create(services: Services, tenant: Tenant | None, kind_name: Any, arg
                   loc: tuple[str, ...] = ("body", "args"), priority: int = 5) -> Job:
     if not isinstance(args, dict):
         raise RequestError(ErrorCode.BAD_REQUEST, "'args' must be a JSON object", loc=loc)
-    try:
+    with refusals_answered(loc=loc):
         job = await services.admit_saved(kind_name, args, tenant, priority)
-    except (Refused, InvalidArgs) as exc:
-        refused = refusal(exc)
-        refused.loc = loc
-        raise refused from None
     if callback:
         services.table.watch(job, CallbackLogger())
     return job
@@ -175,14 +180,17 @@ async def _create(services: Services, tenant: Tenant | None, kind_name: Any, arg
 Maker = Callable[[Services, Tenant | None, dict[str, Any]], Awaitable[JSONResponse]]
 
 
-def _handler(make: Maker) -> Callable[[Request], Any]:
-    async def endpoint(request: Request) -> JSONResponse:
-        if (refused := unauthorized(request) or cross_site(request)) is not None:
+def _handler(make: Maker) -> Endpoint:
+    """A POST endpoint for clients: the body read (bounded) and parsed, refusals answered as HTTP errors."""
+
+    @requires(CLIENTS)
+    async def endpoint(request: Request) -> Response:
+        if (refused := cross_site(request)) is not None:
             return refused
         try:
             return await make(request.app.state.services, _tenant(request), await _body(request))
         except RequestError as exc:
-            return _problem(HTTP_STATUS.get(exc.code, 422), exc.code, exc.message, exc.loc, exc.retry_after_ms)
+            return _problem(http_status(exc.code), exc.code, exc.message, exc.loc, exc.retry_after_ms)
         except ClientDisconnect:  # the client hung up, or the body missed its deadline: nobody to answer
             log.info("%s %s: the client left before sending the whole body", request.method, request.url.path)
             return JSONResponse(None, status_code=400)
@@ -202,9 +210,8 @@ async def post_job(services: Services, tenant: Tenant | None, body: dict[str, An
     return JSONResponse({"job": job.id}, status_code=201)
 
 
+@requires(CLIENTS)
 async def get_job(request: Request) -> JSONResponse:
-    if (refused := unauthorized(request)) is not None:
-        return refused
     job = await _visible_job(request, request.path_params["job"])
     if job is None:
         return _problem(404, "not_found", "no such job")
@@ -232,8 +239,7 @@ async def post_euro_results(services: Services, tenant: Tenant | None, body: dic
             services.kinds["euro.results"].check({"date": date})
         except InvalidArgs as exc:
             # The old API took any well-formed date (201) and its task failed later: old clients count on the id.
-            job = await services.admit_failed("euro.results", {"date": date}, tenant,
-                                              {"code": "invalid_args", "message": exc.message})
+            job = await services.admit_failed("euro.results", {"date": date}, tenant, exc.error)
             return JSONResponse({"id": job.id}, status_code=201)
     job = await _create(services, tenant, "euro.results", {"date": date}, callback, ("body", "draw_date"))
     return JSONResponse({"id": job.id}, status_code=201)
@@ -258,9 +264,8 @@ def _is_date(text: str) -> bool:
     return True
 
 
+@requires(CLIENTS)
 async def get_task(request: Request) -> JSONResponse:
-    if (refused := unauthorized(request)) is not None:
-        return refused
     services = request.app.state.services
     task = request.path_params["task"]
     job = await _visible_job(request, task)
@@ -278,15 +283,15 @@ async def get_task(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=200 if state in TERMINAL else 202)
 
 
+@requires(OPERATORS)
 async def get_pools(request: Request) -> JSONResponse:
-    if (refused := operators_only(request)) is not None:
-        return refused
     services = request.app.state.services
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(services.dispatcher.ready(), POOLS_WAIT)  # node ids are known once actors start
     return JSONResponse({"pools": [pool.describe() for pool in services.dispatcher.pools.values()]})
 
 
+@requires(ANYONE)
 async def readyz(request: Request) -> JSONResponse:
     """Ready to serve jobs: Ray reachable, the store writable, every pool's actors started (503 if not). Probes
     send no token, so anyone gets the status; why it is not ready is for operators (anyone, without tokens)."""
@@ -297,12 +302,12 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=503 if reasons else 200)
 
 
+@requires(OPERATORS)
 async def metrics(request: Request) -> Response:
-    if (refused := operators_only(request)) is not None:
-        return refused
     return Response(request.app.state.services.metrics.text(), media_type=CONTENT_TYPE_LATEST)
 
 
+@requires(ANYONE)
 async def healthz(request: Request) -> JSONResponse:
     """Alive: the process answers and its store is usable (503 if not); the reason is for operators."""
     problem = request.app.state.services.store.health()

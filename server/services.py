@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, Protocol
 
-from actors import JobErrorCode, JobKind, all_kinds
+from actors import JobErrorCode, JobKind, all_kinds, job_error
 from server.access import Access
 from server.config import Settings
 from server.errors import ConnectionFull, StoreUnavailable, UnknownKind
@@ -277,7 +277,7 @@ class Services:
         if job.restarts > MAX_RESTARTS:
             self.table.add(job)
             message = f"the server stopped {job.restarts - 1} times while this job ran; giving up"
-            error = {"code": str(JobErrorCode.WORKER_LOST), "message": message}
+            error = job_error(JobErrorCode.WORKER_LOST, message)
             self.table.finish(job, JobState.FAILED, error=error)
         else:
             self.table.put(job).add_done_callback(lambda _: self.run(job))

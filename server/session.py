@@ -11,9 +11,8 @@ from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from actors import InvalidArgs
 from server.buckets import refilled, wait_ms
-from server.errors import CloseCode, ErrorCode, Refused, RequestError, refusal
+from server.errors import CloseCode, ErrorCode, RequestError, refusals_answered
 from server.jobs import Job
 from server.protocol import (
     Auth,
@@ -48,12 +47,8 @@ FRAMES_PER_TURN = 16  # frames one connection handles before it lets the event l
 # Refusing costs a parse and an answer: a connection over its budget is read no faster than this, so a flood
 # waits in its own socket buffers (and then its sender's) instead of taking the server's CPU from the others.
 REFUSALS_PER_S = 1000
-TOO_SLOW = "too many unread bytes; reconnect and watch your jobs"
-FLOODING = "too many frames after 'rate_limited'; wait retry_after_ms before sending again"
 NEEDS_TOKEN = ("this server needs a token: send {\"op\":\"auth\",\"token\":\"...\"} (or 'auth TOKEN') first, or "
                "connect with an Authorization: Bearer header")
-CLOSE_REASONS: dict[int, str] = {CloseCode.UNAUTHORIZED: "a valid token is required", CloseCode.TOO_SLOW: TOO_SLOW,
-                                 CloseCode.NORMAL: "done: every result sent", CloseCode.FLOODING: FLOODING}
 
 
 Item = tuple[str, int] | int | None  # a frame and its size in bytes, a close code, or the end
@@ -178,7 +173,7 @@ class Session:
                 if item is None:
                     return
                 if isinstance(item, int):
-                    await self._close(item, CLOSE_REASONS.get(item, ""))
+                    await self._close(CloseCode(item))
                     return
                 text, size = item
                 self.queued -= size
@@ -193,16 +188,16 @@ class Session:
                 except Exception:
                     log.exception("sending a frame failed; closing the connection")
                     self.closed = True
-                    await self._close(CloseCode.INTERNAL, "the server could not send a frame")
+                    await self._close(CloseCode.INTERNAL)
                     return
         finally:  # nothing is awaited between the last check and here: a push now starts a new writer
             self._writer = None
             if not outbox:
                 self.outbox = None
 
-    async def _close(self, code: int, reason: str) -> None:
+    async def _close(self, code: CloseCode) -> None:
         with contextlib.suppress(Exception):  # already closed or gone: nothing left to tell the client
-            await self.websocket.close(code, reason)
+            await self.websocket.close(code, code.reason)
 
     def push(self, frame: dict[str, Any]) -> None:
         if self.closed:
@@ -237,7 +232,7 @@ class Session:
         self.queued = 0
         if self._writer is not None:
             self._writer.cancel()
-        self._closer = asyncio.create_task(self._close(CloseCode.TOO_SLOW, TOO_SLOW))
+        self._closer = asyncio.create_task(self._close(CloseCode.TOO_SLOW))
 
     async def _make_room(self) -> None:
         """Answers a client asked for wait for it to read what it already has; a client that reads
@@ -330,10 +325,8 @@ class Session:
                     self._refuse(ref)
 
     def submit(self, kind: str, args: dict[str, Any], ref: str | None, priority: int = 5) -> None:
-        try:
+        with refusals_answered(ref):
             job, saved = self.services.admit(kind, args, ref, origin=self, tenant=self.tenant, priority=priority)
-        except (Refused, InvalidArgs) as exc:
-            raise refusal(exc, ref) from None
 
         def answer(done: asyncio.Future[bool]) -> None:
             self.saving -= 1

@@ -7,6 +7,7 @@ import logging
 import time
 from typing import Any, Protocol
 
+from actors import JobErrorCode, job_error
 from server.jobs import Job, JobState, Watcher
 from server.protocol import result_frame
 from server.store import JobStore, Saved
@@ -126,7 +127,8 @@ class JobTable:
         else:
             # The store still holds the job as unfinished, so a restart runs it again; the watchers are told now.
             log.error("the result of job %s could not be saved; telling its watchers", job.id)
-            job.state, job.result, job.error = JobState.FAILED, None, {"code": "internal", "message": self.STORE_FAILED}
+            job.state, job.result = JobState.FAILED, None
+            job.error = job_error(JobErrorCode.INTERNAL, self.STORE_FAILED)
             self._publish(job)
             self.jobs[job.id] = job  # the store would call it unfinished; this server answers for it instead
 

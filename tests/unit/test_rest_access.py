@@ -1,0 +1,40 @@
+"""Who may call each HTTP route, declared once per route (`rest.requires`), on the app with the fake pools."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from starlette.routing import Route
+
+from server import rest
+from server.app import create_app
+from server.store import MemoryStore
+from tests.unit.fakes import FakeDispatcher, unit_client, unit_settings
+
+CLIENT, OPERATOR = "Bearer a-secret", "Bearer o-secret"
+
+
+def test_every_http_route_declares_who_may_call_it(tmp_path: Path) -> None:
+    app = create_app(unit_settings(tmp_path), MemoryStore(), FakeDispatcher)
+    declared = {route.path: getattr(route.endpoint, "access", None) for route in app.routes if isinstance(route, Route)}
+    assert set(declared.values()) <= {rest.ANYONE, rest.CLIENTS, rest.OPERATORS}, declared
+    assert (declared["/healthz"], declared["/jobs/{job}"], declared["/metrics"]) == (
+        rest.ANYONE, rest.CLIENTS, rest.OPERATORS)
+
+
+def test_each_route_answers_as_it_declares(tmp_path: Path) -> None:
+    settings = unit_settings(tmp_path, tokens=("alice:a-secret",), operator_tokens=("ops:o-secret",))
+    with unit_client(settings) as client:
+        for path in ("/metrics", "/pools", "/config.json"):
+            assert client.get(path).status_code == 401, path
+            assert client.get(path, headers={"Authorization": CLIENT}).status_code == 403, path
+        for path in ("/metrics", "/config.json"):  # (the fake pools cannot describe themselves for /pools)
+            assert client.get(path, headers={"Authorization": OPERATOR}).status_code == 200, path
+        assert client.get("/jobs/nope").status_code == 401
+        assert client.get("/jobs/nope", headers={"Authorization": CLIENT}).status_code == 404
+        assert client.post("/jobs", json={"kind": "echo", "args": {}}).status_code == 401
+        created = client.post("/jobs", json={"kind": "echo", "args": {}}, headers={"Authorization": CLIENT})
+        assert created.status_code == 201
+        assert client.get("/healthz").json() == {"ok": True}
+        assert "reasons" not in client.get("/readyz").json()
+        assert client.get("/readyz", headers={"Authorization": OPERATOR}).json()["reasons"] == []
