@@ -122,7 +122,8 @@ def test_the_ami_command(server: ServerThread, http: FixtureHTTP) -> None:
     slow = cli(*url, "--timeout", "0.5", "submit", "echo", '{"delay_ms": 3000}')
     assert slow.returncode == 2 and "no answer within 0.5 s" in slow.stderr
     echo = server.app.state.services.dispatcher.pools["echo"]
-    assert wait_until(lambda: sum(echo.inflight) == 0, 30), "the shared server is idle again for the next tests"
+    idle = wait_until(lambda: sum(slot.inflight for slot in echo.slots) == 0, 30)
+    assert idle, "the shared server is idle again for the next tests"
     assert "euro DATE" in cli("--help").stdout
 
 

@@ -328,7 +328,7 @@ def test_cancelling_a_running_job_logs_no_error(server: ServerThread, caplog: py
     pool = server.app.state.services.dispatcher.pools["echo"]
     with caplog.at_level(logging.WARNING):
         assert run(scenario())["status"] == "cancelled"
-        assert wait_until(lambda: sum(pool.inflight) == 0, 30), "the cancelled call came back"
+        assert wait_until(lambda: sum(slot.inflight for slot in pool.slots) == 0, 30), "the cancelled call came back"
         gc.collect()  # asyncio reports an unretrieved exception when its future is collected
     errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
     assert errors == [], [record.getMessage() for record in errors]

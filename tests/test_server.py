@@ -347,9 +347,9 @@ def test_a_job_cut_off_by_a_dying_actor_runs_again_and_succeeds(server: ServerTh
             running.append(server.app.state.services.table.get(job))  # finished jobs leave the table
             pools = (await asyncio.to_thread(requests.get, f"{server.url}/pools", timeout=10)).json()["pools"]
             echo = next(pool for pool in pools if pool["kind"] == "echo")
-            mine = echo["actors"][running[0].running.actor]  # the actor running this job: another may be busy too
+            busy = running[0].running.slot.name  # the actor running this job: another may be busy too
+            mine = next(actor for actor in echo["actors"] if actor["name"] == busy)
             assert mine["inflight"] >= 1
-            busy = mine["name"]
             victim = ray.get_actor(busy, namespace=server.settings.ray_namespace)
             ray.kill(victim, no_restart=False)  # the actor dies mid-job; Ray starts it again
             return await client.result(job, timeout=60)
@@ -371,7 +371,7 @@ def test_each_kinds_actors_carry_a_class_name_of_their_own(server: ServerThread)
     pools = server.app.state.services.dispatcher.pools
     expected = {"audio.length": "AudioLength", "euro.results": "EuroResults", "echo": "Echo"}
     for kind, class_name in expected.items():
-        assert all(classes[name] == {class_name} for name in pools[kind].names), (kind, classes)
+        assert all(classes[name] == {class_name} for name in (slot.name for slot in pools[kind].slots)), (kind, classes)
 
 
 def test_metrics_and_readiness_for_operators(server: ServerThread) -> None:

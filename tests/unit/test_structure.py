@@ -1,6 +1,6 @@
 """The shape of the code base, checked from its source: no import circles in server/, and each layer imports only
 what it may, at any depth: actors/ nothing of server/; admission (services.py), the protocol, the job table and the
-store neither Ray nor Starlette, through whatever they import."""
+store neither Ray nor Starlette, through whatever they import; no module of server/ over MAX_LINES."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-
+MAX_LINES = 450  # no module of server/ is longer: past it, a module holds more than one concern
 
 
 def module_name(path: Path) -> str:
@@ -114,3 +114,8 @@ def test_each_layer_loads_only_what_it_may() -> None:
         loaded = third_party(name)
         assert not loaded & set(roots), (name, sorted(loaded & set(roots)))
 
+
+def test_no_server_module_is_over_the_line_limit() -> None:
+    long = {str(path.relative_to(ROOT)): lines for path in (ROOT / "server").rglob("*.py")
+            if (lines := len(path.read_text().splitlines())) > MAX_LINES}
+    assert not long, long

@@ -250,16 +250,17 @@ def test_a_tenant_kept_from_the_last_slot_keeps_its_turn() -> None:
 
 def test_the_last_free_slot_is_kept_from_the_heaviest_tenant_while_another_uses_the_kind() -> None:
     from actors import all_kinds
-    from server.dispatcher import PRESENT_S, Pool
+    from server.pools import PRESENT_S, ActorSlot, Pool
 
-    pool = Pool(all_kinds()["echo"], ["echo-0"], [object()], capacity=4)
-    pool.inflight[0], pool.running_by["A"] = 3, 3
+    slot = ActorSlot("echo-0", object())
+    pool = Pool(all_kinds()["echo"], capacity=4, least=1, most=1, slots=[slot])
+    slot.inflight, pool.running_by["A"] = 3, 3
     pool.seen = {"A": 100.0}
     assert pool.headroom_for(100.0) is None, "nobody else uses the kind: A may have every slot"
     pool.seen["B"] = 99.0
     assert pool.headroom_for(100.0) == "A"
     assert pool.headroom_for(99.0 + PRESENT_S + 1) is None, "B left long ago"
-    pool.inflight[0], pool.running_by["A"] = 2, 2
+    slot.inflight, pool.running_by["A"] = 2, 2
     assert pool.headroom_for(100.0) is None, "two free slots: A may take one"
 
 
