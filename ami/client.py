@@ -5,7 +5,9 @@
         print(result.status, result.result)
 
 A dropped connection is opened again with backoff and every unfinished job is watched again, so each
-result arrives exactly once; answers are matched to requests by `ref`.
+result arrives exactly once; answers are matched to requests by `ref`. A job is forgotten once its result is
+delivered (to `result()` or `results()`), so a long-lived client holds only what it is still owed; asking for
+it again watches it again, and the server sends the result it kept.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import contextlib
 import itertools
 import json
 import random
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +27,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 FINAL_CLOSES = {1000, 1008, 4001}  # done, a refused origin, a refused token: opening again would not help
+DELIVERED_KEPT = 4096  # ids of delivered results remembered, so that a second copy of one is dropped
 
 
 class Error(Exception):
@@ -79,8 +83,11 @@ class Client:
         self._connected = asyncio.Event()
         self._refs = (f"c{n}" for n in itertools.count())
         self._answers: dict[str, asyncio.Future[dict[str, Any]]] = {}  # ref -> the frame answering it
-        self._results: dict[str, asyncio.Future[Result]] = {}  # job -> its result, while someone waits
-        self._stream: asyncio.Queue[Result] = asyncio.Queue()  # every result, for `results()`
+        self._results: dict[str, asyncio.Future[Result]] = {}  # job -> its result: owed, or arrived and unclaimed
+        self._waiting: Counter[str] = Counter()  # job -> `result()` calls awaiting it
+        self._delivered: OrderedDict[str, None] = OrderedDict()  # the last DELIVERED_KEPT jobs delivered
+        self._listeners = 0  # `results()` iterators running: results are queued for them only
+        self._stream: asyncio.Queue[Result] = asyncio.Queue()
         self._closing = False
         self._failure: Error | None = None
         self._pacing = asyncio.Lock()  # held by the request retrying after `rate_limited`
@@ -115,7 +122,8 @@ class Client:
         """Submit a job; its id once accepted (Refused otherwise). Its result comes to `result()`/`results()`."""
         frame = await self._request({"op": "submit", "kind": kind, "args": args})
         job = str(frame["job"])
-        self._results.setdefault(job, asyncio.get_running_loop().create_future())
+        if job not in self._delivered:  # its result may have come (and gone to `results()`) before this answer
+            self._results.setdefault(job, asyncio.get_running_loop().create_future())
         return job
 
     async def submit(self, kind: str, args: dict[str, Any]) -> Result:
@@ -132,10 +140,34 @@ class Client:
 
         return list(await asyncio.gather(*(one(kind, args) for kind, args in jobs)))
 
+    @property
+    def jobs_held(self) -> int:
+        """Jobs this client keeps: those it is owed a result for, and results nobody has claimed yet."""
+        return len(self._results)
+
     async def result(self, job: str) -> Result:
-        """The result of a job this client submitted or watches."""
-        future = self._results.setdefault(job, asyncio.get_running_loop().create_future())
-        return await asyncio.shield(future)
+        """The result of a job this client submitted or watches (watched again if it was delivered already)."""
+        future = self._results.get(job)
+        if future is None:
+            future = self._results[job] = asyncio.get_running_loop().create_future()
+            if job in self._delivered:  # delivered and forgotten: the server keeps it, and sends it again
+                self._delivered.pop(job)
+                await self._send({"op": "watch", "jobs": [job], "ref": next(self._refs)})
+        self._waiting[job] += 1
+        try:
+            return await asyncio.shield(future)
+        finally:
+            self._waiting[job] -= 1
+            if self._waiting[job] <= 0:
+                del self._waiting[job]
+                if future.done() and self._results.get(job) is future:
+                    self._forget(job)
+
+    def _forget(self, job: str) -> None:
+        self._results.pop(job, None)
+        self._delivered[job] = None
+        while len(self._delivered) > DELIVERED_KEPT:
+            self._delivered.popitem(last=False)
 
     async def watch(self, jobs: Iterable[str]) -> None:
         """Follow jobs (of any connection): their results come to `result()` and `results()`."""
@@ -158,9 +190,13 @@ class Client:
         await self._send({"op": "cancel", "job": job, "ref": next(self._refs)})
 
     async def results(self) -> AsyncIterator[Result]:
-        """Every result this client receives, as it arrives."""
-        while True:
-            yield await self._stream.get()
+        """Every result this client receives while this runs, as it arrives."""
+        self._listeners += 1
+        try:
+            while True:
+                yield await self._stream.get()
+        finally:
+            self._listeners -= 1
 
     # --- the connection ------------------------------------------------------------------------------------
 
@@ -207,18 +243,23 @@ class Client:
         if kind == "result":
             result = Result.from_frame(frame)
             future = self._results.get(result.job)
-            if future is not None and future.done():
+            if (future is not None and future.done()) or (future is None and result.job in self._delivered):
                 return  # a second copy (watched again after a reconnect): each result arrives once
-            if future is None:
+            if future is None:  # before `send` saw its `accepted`, or watched by `watch`
                 future = self._results[result.job] = asyncio.get_running_loop().create_future()
             future.set_result(result)
-            self._stream.put_nowait(result)
+            if self._listeners:
+                self._stream.put_nowait(result)
+            if self._listeners or self._waiting[result.job]:
+                self._forget(result.job)  # delivered: a waiter holds its future already
             return
         if kind == "error" and frame.get("code") == "not_found" and frame.get("job") in self._results:
             future = self._results[frame["job"]]  # watched, but the server knows no such job: say so, never hang
             if not future.done():
                 future.set_exception(Refused("not_found", str(frame.get("message", "")), ref))
                 future.exception()  # retrieved: nobody may be waiting
+                if self._waiting[frame["job"]]:
+                    self._forget(frame["job"])
         if ref is not None and ref in self._answers:
             answer = self._answers.pop(ref)
             if not answer.done():
