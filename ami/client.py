@@ -18,7 +18,7 @@ import itertools
 import json
 import random
 from collections import Counter, OrderedDict
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -189,7 +189,7 @@ class Client:
     async def cancel(self, job: str) -> None:
         await self._send({"op": "cancel", "job": job, "ref": next(self._refs)})
 
-    async def results(self) -> AsyncIterator[Result]:
+    async def results(self) -> AsyncGenerator[Result, None]:
         """Every result this client receives while this runs, as it arrives."""
         self._listeners += 1
         try:
