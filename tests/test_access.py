@@ -11,7 +11,6 @@ import requests
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from server.config import Settings
 from tests.helpers import Client, FixtureHTTP, ServerThread, run, settings_for
 
 ECHO_ONLY = (("audio.length", 0), ("euro.results", 0), ("echo", 1))
@@ -67,12 +66,6 @@ def test_browsers_may_connect_only_from_allowed_origins(guarded: ServerThread) -
     assert caught.value.response.status_code == 403
     assert run(ping(url, origin=f"http://127.0.0.1:{guarded.port}")) == {"type": "pong"}  # its own page
     assert run(ping(url, origin="https://app.example")) == {"type": "pong"}
-
-
-def test_tokens_and_origins_from_the_environment(tmp_path: Path) -> None:
-    settings = Settings.load([], environ={"AMI_TOKENS": " a, b ,", "AMI_ALLOWED_ORIGINS": "*"})
-    assert settings.tokens == ("a", "b") and settings.allowed_origins == ("*",)
-    assert Settings.load([], environ={}).tokens == ()
 
 
 @pytest.fixture(scope="module")

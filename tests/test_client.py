@@ -62,14 +62,6 @@ def test_results_stream_and_a_dropped_connection_is_resumed_with_each_result_onc
     assert sorted(r.result["n"] for r in seen) == list(range(5)) and all(r.ok for r in seen)
 
 
-def test_an_unreachable_server_is_a_connection_failure() -> None:
-    async def scenario() -> None:
-        with pytest.raises(ami.ConnectionFailed):
-            await ami.Client("ws://127.0.0.1:9/ws", open_timeout=5).connect()
-
-    run(scenario())
-
-
 def cli(*args: str, stdin: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     assert AMI.exists(), "the ami console script is installed with the project"
     return subprocess.run([str(AMI), *args], input=stdin, capture_output=True, text=True, timeout=120,

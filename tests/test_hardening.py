@@ -257,24 +257,6 @@ def test_a_result_that_never_saves_ends_as_failed_internal(flaky: tuple[ServerTh
     assert "job store" in result["error"]["message"]
 
 
-def test_one_bad_record_fails_only_its_own_write(tmp_path: Path) -> None:
-    from server.jobs import Job
-
-    async def scenario() -> list[bool]:
-        store = SqliteStore(tmp_path / "jobs.sqlite3")
-        await store.open()
-        try:
-            outcomes = [store.put(Job("echo", {}, ref)) for ref in ("fine", "\ud800", "also fine")]  # not UTF-8
-            results = list(await asyncio.gather(*outcomes))
-            results.append(await store.put(Job("echo", {}, "later")))
-            assert store.health() is None and store._thread.is_alive()
-            return results
-        finally:
-            await store.close()
-
-    assert run(scenario()) == [True, False, True, True]
-
-
 def test_a_client_that_never_reads_is_cut_off_and_others_are_served(small_outbox: ServerThread) -> None:
     cut = threading.Event()
 

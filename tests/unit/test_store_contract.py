@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -39,3 +40,19 @@ def test_the_memory_store_keeps_a_bounded_number_of_results() -> None:
         assert again is not None and again.result == {"n": 4} and again.published
 
     run(scenario())
+
+
+def test_one_bad_record_fails_only_its_own_write(tmp_path: Path) -> None:
+    async def scenario() -> list[bool]:
+        store = SqliteStore(tmp_path / "jobs.sqlite3")
+        await store.open()
+        try:
+            outcomes = [store.put(Job("echo", {}, ref)) for ref in ("fine", "\ud800", "also fine")]  # not UTF-8
+            results = list(await asyncio.gather(*outcomes))
+            results.append(await store.put(Job("echo", {}, "later")))
+            assert store.health() is None, "the writer goes on"
+            return results
+        finally:
+            await store.close()
+
+    assert run(scenario()) == [True, False, True, True]

@@ -8,16 +8,16 @@ import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler
-from pathlib import Path
 
 import pytest
 
 from actors import InvalidArgs, JobFailed, WorkerConfig
 from actors.euro import EuroResults, draw_day_problem, parse_page, validate
+from bench.servers import ROOT
 from tests.euro_pages import balls_drawn_2020, current_page, history_rows_2023, order_cell_2018, tables_2013
 from tests.helpers import Fixture, FixtureHTTP
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = ROOT.parent / "shared" / "data"  # beside the project, when it is there
 TODAY = dt.date(2026, 11, 25)
 
 # Real draws, typed in as facts (each agrees with shared/data/euromillions-draws.csv).

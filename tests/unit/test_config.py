@@ -67,3 +67,9 @@ def test_bad_flag_names_the_flag() -> None:
 ])
 def test_a_store_password_is_never_shown(store: str, shown: str) -> None:
     assert Settings.load(["--store", store], environ={}).store_shown == shown
+
+
+def test_tokens_and_origins_from_the_environment(tmp_path: Path) -> None:
+    settings = Settings.load([], environ={"AMI_TOKENS": " a, b ,", "AMI_ALLOWED_ORIGINS": "*"})
+    assert settings.tokens == ("a", "b") and settings.allowed_origins == ("*",)
+    assert Settings.load([], environ={}).tokens == ()

@@ -1,5 +1,5 @@
-"""The `ami` client holds only what it is still owed: a job is forgotten once its result is delivered, and asked
-for again, it is watched again. Real uvicorn with the fake pools (no Ray)."""
+"""The `ami` client: an unreachable server is a connection failure, and a job is forgotten once its result is
+delivered (asked for again, it is watched again). Real uvicorn with the fake pools (no Ray)."""
 
 from __future__ import annotations
 
@@ -49,5 +49,13 @@ def test_a_result_nobody_has_claimed_is_kept_until_it_is(server: ServerThread) -
             assert client.jobs_held == 1
             assert (await client.result(job)).result == {"kept": True}
             assert client.jobs_held == 0
+
+    run(scenario())
+
+
+def test_an_unreachable_server_is_a_connection_failure() -> None:
+    async def scenario() -> None:
+        with pytest.raises(ami.ConnectionFailed):
+            await ami.Client("ws://127.0.0.1:9/ws", open_timeout=5).connect()
 
     run(scenario())
