@@ -7,7 +7,7 @@ NODE_STAMP := node_modules/.installed-$(shell cat package.json package-lock.json
 
 .PHONY: run test lint bench clean system-deps
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := redis-server chromium
+APT_PACKAGES := redis-server chromium espeak-ng sox  # sox and espeak-ng make the speech the tests measure
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check server actors tests bench ami
 	$(VENV)/bin/mypy
 
-# What the tests need from the system: a real redis-server (and, for the page, Chromium).
+# What the tests need from the system: a real redis-server, Chromium for the page, espeak-ng and sox for speech.
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

@@ -7,6 +7,7 @@ import contextvars
 import inspect
 import logging
 import time
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -28,10 +29,13 @@ class KindActor:
     few as 6 threads); a cancelled job stops its downloads, so its thread is free at once.
     """
 
-    def __init__(self, kind_name: str, config: WorkerConfig) -> None:
-        from actors import all_kinds
+    def __init__(self, kind_module: str, config: WorkerConfig) -> None:
+        from actors import load_kind
 
-        self.kind = all_kinds()[kind_name]
+        kind = load_kind(kind_module)  # this kind's module only: another kind's libraries never load here
+        if kind is None:
+            raise RuntimeError(f"{kind_module} defines no job kind")
+        self.kind = kind
         self.worker = self.kind.worker(config)
         self._is_async = inspect.iscoroutinefunction(self.worker.run)
         self._threads = None if self._is_async else ThreadPoolExecutor(
@@ -58,6 +62,55 @@ class KindActor:
             return result
         finally:
             self._ended.append((outcome, time.perf_counter() - started))
+
+    async def stream(self, args: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """For a kind whose worker is a generator, called with `num_returns="streaming"`: each value it yields as
+        `{"progress": value}`, each handed to the server as soon as it is yielded, then `{"ok": result}` (what it
+        returned) or `{"error": ...}`. The generator runs in a thread; a cancelled job stops it at its next yield."""
+        if self._reporter is None:
+            self._reporter = asyncio.create_task(self._report_to_ray())
+        started = time.perf_counter()
+        outcome = "cancelled"
+        scope = Scope()
+        job_scope.set(scope)
+        loop = asyncio.get_running_loop()
+        items: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+        def put(item: tuple[str, Any]) -> None:
+            loop.call_soon_threadsafe(items.put_nowait, item)
+
+        context = contextvars.copy_context()
+        driving = loop.run_in_executor(self._threads, context.run, self._drive, args, put, scope)
+        try:
+            while True:
+                what, value = await items.get()
+                if what == "progress":
+                    yield {"progress": value}
+                    continue
+                outcome = "succeeded" if what == "ok" else "failed"
+                yield {what: value}
+                break
+        finally:
+            if outcome == "cancelled":
+                scope.stop("cancelled")
+            await asyncio.shield(driving)  # the thread ends at the generator's next yield, or its download's stop
+            self._ended.append((outcome, time.perf_counter() - started))
+
+    def _drive(self, args: dict[str, Any], put: Callable[[tuple[str, Any]], None], scope: Scope) -> None:
+        try:
+            generator = self.worker.run(args)
+            while scope.stopped is None:
+                try:
+                    put(("progress", next(generator)))
+                except StopIteration as returned:
+                    put(("ok", returned.value))
+                    return
+            generator.close()
+        except JobFailed as exc:
+            put(("error", exc.error))
+        except Exception:
+            log.exception("%s worker failed on %r", self.kind.name, args)
+            put(("error", job_error(JobErrorCode.INTERNAL, "the worker failed unexpectedly; see the server log")))
 
     async def _run(self, args: dict[str, Any]) -> dict[str, Any]:
         scope = Scope()

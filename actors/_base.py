@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import jsonschema
 from jsonschema.exceptions import ValidationError, best_match
@@ -14,12 +15,27 @@ from jsonschema.exceptions import ValidationError, best_match
 
 @dataclass(frozen=True)
 class WorkerConfig:
-    """The part of the server's settings that workers need; plain data, so it pickles to any node."""
+    """The part of the server's settings that workers need; plain data, so it pickles to any node. A kind's own
+    settings travel in `kind_settings` (one object per kind that declares them): this class does not grow per kind."""
 
     euro_url: str = "https://www.euro-millions.com/results/"
     allow_private_urls: bool = False
     max_audio_bytes: int = 100 * 1024 * 1024
     fetch_timeout: float = 30.0  # a whole download, by the wall clock
+    kind_settings: tuple[Any, ...] = ()
+
+    def settings_of(self, cls: type[S]) -> S:
+        """This kind's settings object (`cls`, a kind's `settings`), as the server read them; the defaults if none."""
+        return next((found for found in self.kind_settings if isinstance(found, cls)), None) or cls()
+
+
+S = TypeVar("S")
+
+
+def setting(default: Any, env: str, help: str, check: Callable[[Any], bool] | None = None, must: str = "") -> Any:
+    """A field of a kind's settings dataclass: its default, its variable (AMI_<KIND>_...), its help for `--help`,
+    and what a value must be (`check`, and `must` to say so) for the server to start."""
+    return field(default=default, metadata={"env": env, "help": help, "check": check, "must": must})
 
 
 class JobErrorCode(StrEnum):
@@ -71,11 +87,24 @@ class Worker(Protocol):
 
 @dataclass(frozen=True)
 class PoolSpec:
-    """How many actors serve a kind, and how much each takes of a node."""
+    """How many actors serve a kind, and how much each takes of a node (Ray's `num_cpus`, `num_gpus`, `memory` in
+    bytes, and custom `resources`): an actor starts only on a node that has them all."""
 
     size: int = 1
     num_cpus: float | None = None  # None: the server's AMI_ACTOR_CPUS
     max_concurrency: int = 4
+    num_gpus: float = 0
+    memory: int | None = None  # bytes Ray reserves for each actor on its node
+    resources: tuple[tuple[str, float], ...] = ()  # custom Ray resources, e.g. (("tpu", 1),)
+
+    def needs(self) -> dict[str, float]:
+        """What each actor asks of a node beyond CPUs, by Ray's resource names."""
+        wanted = dict(self.resources)
+        if self.num_gpus:
+            wanted["GPU"] = self.num_gpus
+        if self.memory:
+            wanted["memory"] = float(self.memory)
+        return wanted
 
 
 def describe(error: ValidationError) -> str:
@@ -107,7 +136,11 @@ class JobKind:
     receives args the schema accepted and returns the args the worker gets, or raises InvalidArgs;
     it runs in the server before a job exists, so it must be cheap and never touch the network.
     `worker` is a plain class: `Worker(config)` then `run(args)` (sync, run in a thread, or async);
-    an optional `warmup()` runs once when the actor starts.
+    an optional `warmup()` runs once when the actor starts. A `run` that is a generator streams: each value it
+    yields is pushed to the job's watchers as a `progress` frame, and what it returns is the job's result.
+    `settings` is the kind's own settings dataclass (fields made with `setting`), read from its AMI_* variables.
+    `shortcut` is the word that submits the kind in plain text, `ami` and `help` (`audio URL`), with the arg the
+    rest of the line fills; `form` the fields of its form on the page.
     """
 
     name: str
@@ -121,6 +154,16 @@ class JobKind:
     cacheable: bool = False  # a success never changes for the same args: the job store keeps it for reuse
     example: dict[str, Any] = field(default_factory=dict)
     published: dict[str, Any] = field(default_factory=dict)  # more for `kinds` to tell clients (a calendar)
+    settings: type | None = None
+    shortcut: tuple[str, str, str] | None = None  # (word, the arg it fills, what the line does, for `help`)
+    form: dict[str, Any] = field(default_factory=dict)  # the page's: {"title", "button", "fields": [{"arg", "label",
+    #                                                    "input": url|text|number|draw-date, "placeholder"}]}
+
+    @property
+    def streams(self) -> bool:
+        """Whether the worker's `run` yields progress (a generator, sync or async)."""
+        run = getattr(self.worker, "run", None)
+        return inspect.isgeneratorfunction(run) or inspect.isasyncgenfunction(run)
 
     @cached_property
     def _validator(self) -> jsonschema.protocols.Validator:

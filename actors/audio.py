@@ -45,7 +45,7 @@ def validate(args: dict[str, Any]) -> dict[str, Any]:
     return {"url": url}
 
 
-def _looks_like_text(head: bytes) -> bool:
+def looks_like_text(head: bytes) -> bool:
     start = head.lstrip()[:64].lower()
     return start.startswith((b"<", b"{", b"[")) or b"<html" in head[:1024].lower()
 
@@ -110,7 +110,7 @@ def measure_file(path: str, head: bytes, size: int) -> dict[str, Any]:
     """
     if not size or (size <= 4096 and not head.strip(b"\x00 \t\r\n")):
         raise JobFailed(JobErrorCode.NOT_AUDIO, "the URL returned an empty body")
-    if _looks_like_text(head[:1024]):
+    if looks_like_text(head[:1024]):
         raise JobFailed(JobErrorCode.NOT_AUDIO, "the URL returned a text/HTML document, not audio")
     claimed = _claimed(head, size)
     if claimed is not None:  # never the header's word (nor libsndfile's, which reads the same header): decode
@@ -237,4 +237,8 @@ KIND = JobKind(
     worker=AudioLength,
     pool=PoolSpec(size=1, max_concurrency=16),  # downloads wait on the network: stuck ones must not starve others
     example={"url": "https://example.com/audio.wav"},
+    shortcut=("audio", "url", "length of the audio at <url>"),
+    form={"title": "Audio length", "button": "Measure",
+          "fields": [{"arg": "url", "label": "Audio file URL", "input": "url",
+                      "placeholder": "https://example.com/speech.wav"}]},
 )

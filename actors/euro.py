@@ -313,4 +313,7 @@ KIND = JobKind(
     cacheable=True,  # a published draw never changes
     example={"date": "2024-03-26"},
     published={"calendar": CALENDAR},
+    shortcut=("euro", "date", "EuroMillions draw of <date> (YYYY-MM-DD or DD-MM-YYYY)"),
+    form={"title": "EuroMillions results", "button": "Get numbers",
+          "fields": [{"arg": "date", "label": "Draw", "input": "draw-date"}]},
 )

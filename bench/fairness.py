@@ -139,7 +139,7 @@ async def episode(url: str, base: str, count: int) -> tuple[list[Timing], list[T
 def measure(tmp: Path, quick: bool) -> dict[str, Any]:
     count = 20 if quick else 60
     with files() as base, server("--no-dashboard", "--allow-private-urls", "--data-dir", str(tmp / "fairness"),
-                                 "--pools", "euro.results=0,audio.length=1", "--tokens", TOKENS,
+                                 "--pools", "euro.results=0,audio.speech=0,audio.length=1", "--tokens", TOKENS,
                                  env=LIFTED) as running:
         asyncio.run(light(running.ws_url, base, 4))  # warm up
         alone, during, sent = asyncio.run(episode(running.ws_url, base, count))

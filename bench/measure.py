@@ -28,7 +28,7 @@ from bench.hostile import measure_in_child, silent_mp3
 from bench.loadgen import LoadResult, percentile, run_load
 from bench.servers import free_port, server
 
-ECHO_ONLY = ("--enable-echo", "--no-dashboard", "--pools", "audio.length=0,euro.results=0")
+ECHO_ONLY = ("--enable-echo", "--no-dashboard", "--pools", "audio.length=0,audio.speech=0,euro.results=0")
 MiB = 1024 * 1024
 # The load generator is one heavy client the operator trusts: the default frame budget (AMI_FRAMES_PER_S, 200 a
 # second per connection) and its tenant's quotas (one address: 100 submissions a second, 1,000 unfinished) would
@@ -112,7 +112,7 @@ class Bench:
 
         # The product's own echo actor: the same envelope, class name, concurrency and CPUs (AMI_ACTOR_CPUS).
         echo = ray.remote(named_actor("Echo"))
-        actor: Any = echo.options(num_cpus=0.25, max_concurrency=1000).remote("echo", WorkerConfig())
+        actor: Any = echo.options(num_cpus=0.25, max_concurrency=1000).remote("actors.echo", WorkerConfig())
         ray.get(actor.node_id.remote())
 
         async def load(concurrency: int, total: int) -> LoadResult:
@@ -432,7 +432,7 @@ class Bench:
             }
             self.log(f"  {name}: {out[name]}")
         with server("--no-dashboard", "--allow-private-urls", "--data-dir", str(self.tmp / "audio"),
-                    "--pools", "euro.results=0,audio.length=2", env=TRUSTED_LOAD) as running:
+                    "--pools", "euro.results=0,audio.speech=0,audio.length=2", env=TRUSTED_LOAD) as running:
             self.log("  audio jobs through the product, 1 x 16")
             out["jobs"] = self.measure(running.ws_url, 1, 16, 100 if self.quick else 600, "audio.length",
                                        {"url": f"{base}/small.wav"})

@@ -22,7 +22,7 @@ def main() -> None:
     address, window, total = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     ray.init(address=address, log_to_driver=False)
     echo = ray.remote(named_actor("Echo"))  # the product's own echo actor
-    actor: Any = echo.options(num_cpus=0.25, max_concurrency=1000).remote("echo", WorkerConfig())
+    actor: Any = echo.options(num_cpus=0.25, max_concurrency=1000).remote("actors.echo", WorkerConfig())
     ray.get(actor.node_id.remote())
 
     async def load() -> float:

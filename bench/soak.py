@@ -119,7 +119,7 @@ def start_server(flags: list[str]) -> ServerProcess:
 
 def sqlite_phase(tmp: Path, base: str, seconds: float, tally: Tally) -> None:
     data = tmp / "sqlite"
-    flags = ["--enable-echo", "--no-dashboard", "--allow-private-urls", "--pools", "euro.results=0",
+    flags = ["--enable-echo", "--no-dashboard", "--allow-private-urls", "--pools", "euro.results=0,audio.speech=0",
              "--data-dir", str(data)]
     servers = [start_server(flags)]
     port = servers[0].port
@@ -155,7 +155,7 @@ def redis_phase(tmp: Path, base: str, seconds: float, tally: Tally) -> None:
         return popen
 
     redis_process = start_redis()
-    server = start_server(["--enable-echo", "--no-dashboard", "--allow-private-urls", "--pools", "euro.results=0",
+    server = start_server(["--enable-echo", "--no-dashboard", "--allow-private-urls", "--pools", "euro.results=0,audio.speech=0",
                            "--data-dir", str(tmp / "redis"), "--store", f"redis://127.0.0.1:{port}/0"])
 
     async def run() -> None:

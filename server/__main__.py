@@ -45,13 +45,31 @@ class Server(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
+class OneLineStartupError(logging.Filter):
+    """A start-up refusal raised once Ray is up (no node can take a kind's actors) is one line, as the refusals
+    before Ray are: uvicorn would log Starlette's whole traceback, then a line of its own."""
+
+    def __init__(self, app: Starlette) -> None:
+        super().__init__()
+        self.app = app
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        refused = getattr(self.app.state, "startup_error", None)
+        if refused is None:
+            return True
+        if refused in record.getMessage() and "Traceback" in record.getMessage():
+            record.msg, record.args = f"error: {refused}", ()
+            return True
+        return "startup failed" not in record.getMessage()
+
+
 def _force_exit() -> None:
     print("error: the server did not stop in time; killing what it started", file=sys.stderr, flush=True)
     kill_descendants()
     os._exit(1)
 
 
-def run(settings: Settings, sock: socket.socket) -> None:
+def run(settings: Settings, sock: socket.socket) -> int:
     """Serve on `sock` until told to stop; Ray, the actors and the sockets are closed on the way out."""
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     raise_file_limit()
@@ -65,7 +83,9 @@ def run(settings: Settings, sock: socket.socket) -> None:
         **uvicorn_options(settings, app),
     )
     redact_tokens_in_logs()  # after uvicorn configured its loggers: its access log writes whole request lines
+    logging.getLogger("uvicorn.error").addFilter(OneLineStartupError(app))
     Server(config, settings, app).run(sockets=[sock])
+    return 2 if getattr(app.state, "startup_error", None) else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -91,8 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # uvicorn re-raises the signal that stopped it once it has shut down cleanly: exit 0 then.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: sys.exit(0))
-    run(settings, sock)
-    return 0
+    return run(settings, sock)
 
 
 def recover_store(argv: Sequence[str]) -> int:

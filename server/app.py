@@ -20,7 +20,7 @@ from starlette.websockets import WebSocket
 
 from server import rest
 from server.access import Access, presented_token
-from server.config import Settings
+from server.config import Settings, SettingsError
 from server.dispatcher import Dispatcher
 from server.errors import CloseCode, ErrorCode
 from server.guard import ConnectionGuard, ForwardedLimit, guarded_protocols
@@ -51,21 +51,26 @@ def create_app(settings: Settings, store: Store | None = None, make_dispatcher: 
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        """Ray (unless the pools are fakes), then the services; stopped in reverse."""
-        async with AsyncExitStack() as stack:
-            factory: DispatcherFactory
-            if make_dispatcher is None:
-                ray_info, factory = stack.enter_context(ray_session(settings)), Dispatcher
-            else:
-                ray_info, factory = no_ray(settings), make_dispatcher
-            services = await stack.enter_async_context(services_context(settings, ray_info, store, factory))
-            if ray_info.address != "none":
-                services.spawn(report_metrics(services.metrics))
-            if ray_info.processes_file is not None:
-                services.spawn(record_once_ready(services.dispatcher.ready, ray_info.processes_file))
-            app.state.services = services
-            guard.on_refuse = services.metrics.refused
-            yield
+        """Ray (unless the pools are fakes), then the services; stopped in reverse. A refusal to start once Ray is
+        up (SettingsError: no node can take a kind's actors) is kept in `app.state.startup_error` for the CLI."""
+        try:
+            async with AsyncExitStack() as stack:
+                factory: DispatcherFactory
+                if make_dispatcher is None:
+                    ray_info, factory = stack.enter_context(ray_session(settings)), Dispatcher
+                else:
+                    ray_info, factory = no_ray(settings), make_dispatcher
+                services = await stack.enter_async_context(services_context(settings, ray_info, store, factory))
+                if ray_info.address != "none":
+                    services.spawn(report_metrics(services.metrics))
+                if ray_info.processes_file is not None:
+                    services.spawn(record_once_ready(services.dispatcher.ready, ray_info.processes_file))
+                app.state.services = services
+                guard.on_refuse = services.metrics.refused
+                yield
+        except SettingsError as exc:
+            app.state.startup_error = str(exc)
+            raise
 
     async def websocket_endpoint(websocket: WebSocket) -> None:
         services: Services = websocket.app.state.services

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from actors import WorkerConfig
+from actors import JobKind, WorkerConfig, all_kinds
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
@@ -184,6 +184,8 @@ class Settings:
         default="", metadata=_env("AMI_NAMESPACE", "Ray namespace of this server's actors; unset: ami-<server id>")
     )
     log_level: str = field(default="info", metadata=_env("AMI_LOG_LEVEL", "debug, info, warning or error"))
+    # Each kind's own settings object (a kind's `settings` dataclass, read from its AMI_<KIND>_* variables).
+    kind_settings: tuple[Any, ...] = field(default=(), metadata={"env": None})
 
     @property
     def identity(self) -> str:
@@ -218,6 +220,7 @@ class Settings:
             allow_private_urls=self.allow_private_urls,
             max_audio_bytes=self.max_audio_bytes,
             fetch_timeout=self.fetch_timeout,
+            kind_settings=self.kind_settings,
         )
 
     def replace(self, **changes: Any) -> Settings:
@@ -228,15 +231,17 @@ class Settings:
         """Settings from flags, then `AMI_*` variables, then defaults."""
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
+        for f in _own_fields():
             raw = environ.get(f.metadata["env"])
             if raw is not None and raw != "":
                 values[f.name] = _convert(f, raw, f.metadata["env"])
         parsed = _parser().parse_args(argv)
-        for f in dataclasses.fields(cls):
+        for f in _own_fields():
             raw = getattr(parsed, f.name)
             if raw is not None:
                 values[f.name] = _convert(f, raw, "--" + f.name.replace("_", "-"))
+        values["kind_settings"] = tuple(_kind_settings(kind, environ, parsed) for kind in all_kinds().values()
+                                        if kind.settings is not None)
         settings = cls(**values)
         settings.validate()
         return settings
@@ -270,6 +275,38 @@ class Settings:
         for ok, name, why in checks:
             if not ok:
                 raise SettingsError(f"{name} {why}")
+
+
+def _own_fields() -> list[dataclasses.Field[Any]]:
+    return [f for f in dataclasses.fields(Settings) if f.metadata["env"] is not None]
+
+
+def _kind_fields() -> list[dataclasses.Field[Any]]:
+    return [f for kind in all_kinds().values() if kind.settings is not None for f in dataclasses.fields(kind.settings)]
+
+
+def _flag(env: str) -> str:
+    """A kind setting's flag: its variable without AMI_, in lower case with dashes (--speech-threshold)."""
+    return "--" + env.removeprefix("AMI_").lower().replace("_", "-")
+
+
+def _kind_settings(kind: JobKind, environ: Mapping[str, str], parsed: argparse.Namespace) -> Any:
+    """A kind's settings object from its variables and flags, each value checked as the kind says it must be."""
+    assert kind.settings is not None
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(kind.settings):
+        env = f.metadata["env"]
+        raw = getattr(parsed, env.lower(), None)
+        if raw is not None:
+            values[f.name] = _convert(f, raw, _flag(env))
+        elif environ.get(env):
+            values[f.name] = _convert(f, environ[env], env)
+    found = kind.settings(**values)
+    for f in dataclasses.fields(kind.settings):
+        check = f.metadata.get("check")
+        if check is not None and not check(getattr(found, f.name)):
+            raise SettingsError(f"{f.metadata['env']} {f.metadata.get('must') or 'has a value that cannot be used'}")
+    return found
 
 
 def _convert(f: dataclasses.Field[Any], raw: Any, name: str) -> Any:
@@ -313,7 +350,7 @@ def _parse_pools(text: str) -> tuple[tuple[str, int, int], ...]:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m server", description="async-ml-inference server")
-    for f in dataclasses.fields(Settings):
+    for f in _own_fields():
         flag = "--" + f.name.replace("_", "-")
         helptext = f"{f.metadata['help']} (env {f.metadata['env']})"
         if str(f.type) == "bool":
@@ -321,4 +358,9 @@ def _parser() -> argparse.ArgumentParser:
                                 help=helptext)
         else:
             parser.add_argument(flag, dest=f.name, default=None, help=helptext)
+    kinds = parser.add_argument_group("job kinds' own settings")
+    for f in _kind_fields():
+        env = f.metadata["env"]
+        kinds.add_argument(_flag(env), dest=env.lower(), default=None,
+                           help=f"{f.metadata['help']} (env {env}, default {f.default})")
     return parser

@@ -17,12 +17,12 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError,
 from actors import JobErrorCode, JobKind, job_error
 from actors._actor import named_actor
 from server.autoscale import Figures, decide
-from server.config import Settings
+from server.config import Settings, SettingsError
 from server.errors import PoolFull
 from server.fairqueue import FairQueue
 from server.health import Health
 from server.jobs import Job, JobState
-from server.pools import ActorSlot, Pool
+from server.pools import ActorSlot, Pool, placement_problem
 from server.store import ResultCache
 from server.table import JobTable
 
@@ -56,12 +56,16 @@ class Dispatcher:
         self.health = Health(self._spawn, self._replace, self._pump, lambda: self.closing)
 
     def start(self) -> None:
-        """Create every pool's actors; they warm up on their own while jobs already queue at them."""
+        """Create every pool's actors; they warm up on their own while jobs already queue at them. SettingsError,
+        at once, for a kind whose actors no node can take (a GPU on a cluster without one): never a hang."""
         self._loop = asyncio.get_running_loop()
+        nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
         for kind in self.kinds.values():
             least, most = self.settings.pool_bounds(kind.name, kind.pool.size)
             if most <= 0:
                 continue
+            if (problem := placement_problem(kind.name, kind.pool.needs(), nodes)) is not None:
+                raise SettingsError(problem)
             self._classes[kind.name] = ray.remote(named_actor(kind.worker.__name__))
             pool = Pool(kind, kind.pool.max_concurrency, least, max(most, least), target=least)
             pool.slots = [self._new_slot(pool) for _ in range(least)]
@@ -82,7 +86,10 @@ class Dispatcher:
             max_restarts=-1,
             max_task_retries=0,
             scheduling_strategy="SPREAD",  # over the cluster's nodes, so losing one loses few
-        ).remote(pool.kind.name, self.settings.worker_config())
+            num_gpus=pool.kind.pool.num_gpus,
+            memory=pool.kind.pool.memory,
+            resources=dict(pool.kind.pool.resources),
+        ).remote(pool.kind.worker.__module__, self.settings.worker_config())
         return ActorSlot(name, handle)
 
     def _add_actor(self, pool: Pool) -> None:
@@ -221,12 +228,38 @@ class Dispatcher:
         assert self._loop is not None
         pool.started(slot, job.tenant)
         job.attempts += 1
-        ref = slot.handle.run.remote(job.args)
         timer = self._loop.call_later(self.settings.job_timeout, self._time_out, job)
-        job.running = Running(ref, slot, timer)
+        future: asyncio.Future[Any]
+        if pool.kind.streams:
+            ref = slot.handle.stream.options(num_returns="streaming").remote(job.args)
+            running = job.running = Running(ref, slot, timer)
+            future = self._loop.create_future()
+            self._spawn(self._follow(job, running, future))
+        else:
+            ref = slot.handle.run.remote(job.args)
+            job.running = Running(ref, slot, timer)
+            future = asyncio.wrap_future(ref.future(), loop=self._loop)
         self.table.start(job)
-        future = asyncio.wrap_future(ref.future(), loop=self._loop)
         future.add_done_callback(partial(self._done, pool, job, slot))
+
+    async def _follow(self, job: Job, running: Running, outcome: asyncio.Future[Any]) -> None:
+        """A streaming kind's call (a Ray streaming generator): each `progress` to the job's watchers the moment its
+        ObjectRef resolves; the last item, its result, settles `outcome` as a plain call's would."""
+        try:
+            async for ref in running.ref:
+                item = await ref
+                if "progress" not in item:
+                    outcome.set_result(item)
+                    return
+                if job.running is running:  # not cancelled, timed out or handed to another server meanwhile
+                    self.table.progress(job, item["progress"])
+            raise RuntimeError("the stream ended without a result")
+        except asyncio.CancelledError:
+            outcome.cancel()
+            raise
+        except Exception as exc:
+            if not outcome.done():
+                outcome.set_exception(exc)
 
     def _pump(self, pool: Pool) -> None:
         while pool.pending:

@@ -21,7 +21,8 @@ TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 
 
 class Watcher(Protocol):
-    """Something that receives a job's `result` frame: a WebSocket session, or the old API's callback log."""
+    """Something that receives a job's `progress` and `result` frames: a WebSocket session, or the old API's
+    callback log."""
 
     def push(self, frame: dict[str, Any]) -> None: ...
 
@@ -47,6 +48,7 @@ class Job:
     restarts: int = 0  # times a server restarted with this job unfinished
     attempts: int = 0
     watchers: dict[Watcher, str | None] = field(default_factory=dict)
+    progress: list[Any] = field(default_factory=list)  # what a streaming kind yielded so far (seq = index + 1)
     running: Any = None  # the dispatcher's handle on the call in flight
     published: bool = False  # the terminal result is saved and has been pushed
     remote: bool = False  # runs on another server sharing the store

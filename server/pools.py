@@ -112,3 +112,14 @@ class Pool:
             "actors": [{"name": slot.name, "inflight": slot.inflight, "capacity": self.capacity, "node_id": slot.node,
                         "restarting": slot.restarting} for slot in self.slots],
         }
+
+
+def placement_problem(kind: str, needs: dict[str, float], nodes: list[dict[str, float]]) -> str | None:
+    """Why no node of the cluster (each node's resources) can take an actor of `kind` needing `needs` (Ray's names:
+    GPU, memory in bytes, custom ones), or None when one can: Ray would wait for such a node forever."""
+    if not needs or any(all(node.get(name, 0) >= amount for name, amount in needs.items()) for node in nodes):
+        return None
+    asked = ", ".join(f"{amount / 2**20:,.0f} MiB of memory" if name == "memory" else f"{amount:g} {name}"
+                      for name, amount in sorted(needs.items()))
+    return (f"the {kind} kind asks each actor for {asked} and no node of this Ray cluster has that; add such a node, "
+            f"or run no {kind} actors (AMI_POOLS={kind}=0)")

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from actors import all_kinds
 from server.errors import ErrorCode, RequestError
 from server.jobs import Job, JobState
 
@@ -13,9 +14,11 @@ MAX_REF = 128
 MAX_WATCH = 1000
 MAX_TOKEN = 1024
 
+# Each kind's plain-text shortcut, from the kind itself: a new kind needs no edit here.
+SHORTCUTS = {kind.shortcut[0]: (kind.name, kind.shortcut[1]) for kind in all_kinds().values() if kind.shortcut}
 HELP = [
-    "audio <url>                 length of the audio at <url>",
-    "euro <date>                 EuroMillions draw of <date> (YYYY-MM-DD or DD-MM-YYYY)",
+    *(f"{f'{word} <{arg}>':<28}{what}" for kind in sorted(all_kinds().values(), key=lambda kind: kind.name)
+      if kind.shortcut for word, arg, what in [kind.shortcut]),
     "cancel <job>                cancel a job",
     "status <job>                state of a job",
     "watch <job> [<job> ...]     results of jobs, now or when they finish",
@@ -28,7 +31,6 @@ HELP = [
 ]
 
 OPS = "submit, cancel, status, watch, kinds, ping, help, auth, done"
-SHORTCUTS = {"audio": ("audio.length", "url"), "euro": ("euro.results", "date")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +57,7 @@ class Status:
 class Watch:
     jobs: tuple[str, ...]
     ref: str | None = None
+    seen: dict[str, int] | None = None  # job -> the last `progress` seq the client has: only later ones are sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,7 +203,11 @@ def _parse_json(text: str) -> Request:
         jobs = frame.get("jobs")
         if not isinstance(jobs, list) or not all(isinstance(job, str) for job in jobs):
             raise RequestError(ErrorCode.BAD_REQUEST, "watch needs 'jobs', a list of job id strings", ref)
-        return _watch(jobs, ref)
+        seen = frame.get("seen")
+        if seen is not None and not (isinstance(seen, dict) and len(seen) <= MAX_WATCH and all(
+                isinstance(seq, int) and not isinstance(seq, bool) and seq >= 0 for seq in seen.values())):
+            raise RequestError(ErrorCode.BAD_REQUEST, "'seen' must map job ids to the last progress seq received", ref)
+        return _watch(jobs, ref, seen)
     if op == "auth":
         token = frame.get("token")
         if not isinstance(token, str) or not token or len(token) > MAX_TOKEN:
@@ -256,10 +263,10 @@ def _parse_command(text: str) -> Request:
     raise RequestError(ErrorCode.UNKNOWN_OP, f"unknown command {word!r}; try 'help'")
 
 
-def _watch(jobs: list[str], ref: str | None) -> Watch:
+def _watch(jobs: list[str], ref: str | None, seen: dict[str, int] | None = None) -> Watch:
     if len(jobs) > MAX_WATCH:
         raise RequestError(ErrorCode.TOO_LARGE, f"watch at most {MAX_WATCH} jobs per frame", ref)
-    return Watch(tuple(dict.fromkeys(jobs)), ref)  # each job's result at most once per frame
+    return Watch(tuple(dict.fromkeys(jobs)), ref, seen)  # each job's result at most once per frame
 
 
 def error_frame(code: str, message: str, ref: str | None = None, job: str | None = None,
@@ -309,6 +316,13 @@ def result_frame(job: Job, ref: str | None = None) -> dict[str, Any]:
     if job.started_at is not None:  # it ran (a result reused from the cache never waited for an actor)
         frame["queued_ms"] = round(max(job.started_at - job.created_at, 0.0) * 1000, 3)
     return frame
+
+
+def progress_frame(job: Job, seq: int, data: Any, ref: str | None = None) -> dict[str, Any]:
+    """A running job's `progress` (kinds that stream): `seq` counts from 1, one per frame, for each job."""
+    frame = {"type": "progress", "job": job.id, "kind": job.kind, "seq": seq, "data": data}
+    ref = job.ref if ref is None else ref
+    return frame if ref is None else {**frame, "ref": ref}
 
 
 def status_frame(job: Job, ref: str | None = None, place: Place = None) -> dict[str, Any]:

@@ -99,7 +99,9 @@ class Services:
         self.sessions: set[Any] = set()  # the open sockets' sessions
         self._kinds = [
             {"kind": kind.name, "description": kind.description, "schema": kind.schema, "example": kind.example,
-             **kind.published}
+             **kind.published, **({"shortcut": dict(zip(("word", "arg", "help"), kind.shortcut, strict=True))}
+                                  if kind.shortcut else {}),
+             **({"form": kind.form} if kind.form else {}), "streams": kind.streams}
             for kind in self.kinds.values()
         ]
         self._kinds_frame = kinds_frame(self._kinds, None)

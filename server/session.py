@@ -292,13 +292,13 @@ class Session:
         match request:
             case Submit(kind, args, ref, priority):
                 self.submit(kind, args, ref, priority)  # no await: a socket's submissions are saved in batches
-            case Watch(jobs, ref):
+            case Watch(jobs, ref, seen):
                 for job_id in jobs:
                     await self._make_room()
                     if self.closed:
                         return
                     try:
-                        self._watch(await self._job(job_id, ref), ref)
+                        self._watch(await self._job(job_id, ref), ref, (seen or {}).get(job_id, 0))
                     except RequestError as exc:
                         self.push(error_frame(exc.code, exc.message, exc.ref, exc.job))
             case Status(job_id, ref):
@@ -340,12 +340,12 @@ class Session:
         self.saving += 1
         saved.add_done_callback(answer)
 
-    def _watch(self, job: Job, ref: str | None) -> None:
+    def _watch(self, job: Job, ref: str | None, seen: int = 0) -> None:
         if self.closed:
             return
         if not job.published:
             self.watching.add(job)
-        self.services.table.watch(job, self, ref)
+        self.services.table.watch(job, self, ref, seen)
 
     async def _job(self, job_id: str, ref: str | None) -> Job:
         job = await self.services.table.lookup(job_id)

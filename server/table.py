@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 from actors import JobErrorCode, job_error
 from server.jobs import Job, JobState, Watcher
-from server.protocol import result_frame
+from server.protocol import progress_frame, result_frame
 from server.store import JobStore, Saved
 
 log = logging.getLogger("server.table")
@@ -81,12 +81,25 @@ class JobTable:
         job.started_at = time.time()
         self.store.start(job)
 
-    def watch(self, job: Job, watcher: Watcher, ref: str | None = None) -> None:
-        """Send `watcher` the job's result: now if it is finished and saved, else when it is."""
+    def watch(self, job: Job, watcher: Watcher, ref: str | None = None, seen: int = 0) -> None:
+        """Send `watcher` the job's result: now if it is finished and saved, else when it is. A new watcher of a
+        running job first gets the `progress` frames after `seq` `seen` that the job has sent, then the live ones."""
         if job.published:
             watcher.push(result_frame(job, ref))
-        else:
-            job.watchers[watcher] = ref
+            return
+        if watcher not in job.watchers:
+            for seq in range(seen + 1, len(job.progress) + 1):
+                watcher.push(progress_frame(job, seq, job.progress[seq - 1], ref))
+        job.watchers[watcher] = ref
+
+    def progress(self, job: Job, data: Any) -> None:
+        """A running job's progress: kept with the job until it ends (for watchers to come), pushed to those here."""
+        if job.finished:
+            return
+        job.progress.append(data)
+        seq = len(job.progress)
+        for watcher, ref in job.watchers.items():
+            watcher.push(progress_frame(job, seq, data, ref))
 
     def finish(self, job: Job, state: JobState, result: Any = None, error: dict[str, str] | None = None) -> bool:
         """End a job once: save its result, then push it to every watcher. False if it had already ended."""

@@ -21,6 +21,7 @@ import websockets
 import yaml
 from websockets.asyncio.client import ClientConnection
 
+from actors import all_kinds
 from bench.servers import ROOT
 from server.app import create_app, uvicorn_options
 from server.config import Settings
@@ -273,15 +274,18 @@ class FixtureHTTP:
 
 
 def settings_for(http: FixtureHTTP, data_dir: Path, **changes: object) -> Settings:
-    """Settings for a test server: every kind (echo too), private URLs allowed, the euro site on loopback."""
+    """Settings for a test server: every kind (echo too), private URLs allowed, the euro site on loopback. A test
+    that names its pools gets no actors of a kind it does not name."""
     base = Settings(
         data_dir=data_dir,
         enable_echo=True,
         allow_private_urls=True,
         euro_url=http.url("/euro/"),
-        pools=(("audio.length", 1), ("euro.results", 1), ("echo", 2)),
+        pools=tuple((name, 2 if name == "echo" else 1) for name in sorted(all_kinds())),
         actor_cpus=0.1,
         fetch_timeout=5.0,
         dashboard=False,
     )
-    return base.replace(**changes)
+    settings = base.replace(**changes)
+    named = {pool[0] for pool in settings.pools}
+    return settings.replace(pools=(*settings.pools, *((name, 0) for name in sorted(all_kinds()) if name not in named)))

@@ -176,7 +176,7 @@ def test_tokens_never_reach_the_log(tmp_path: Path) -> None:
 
     port = free_port()
     process = server_process("--port", str(port), "--enable-echo", "--data-dir", str(tmp_path), "--no-dashboard",
-                             "--pools", "audio.length=0,euro.results=0,echo=1", "--ray-num-cpus", "1",
+                             "--pools", "audio.length=0,audio.speech=0,euro.results=0,echo=1", "--ray-num-cpus", "1",
                              "--object-store-mb", "100", "--tokens", "Tok3nValue", "--log-level", "info")
     try:
         process.wait_for_line(lambda line: line.startswith("Socket:"))

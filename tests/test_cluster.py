@@ -38,7 +38,7 @@ def stop(server: Process) -> None:
 
 def test_actors_run_on_worker_nodes_and_results_come_back(cluster: dict[str, Any], tmp_path: Path) -> None:
     server, port = start_server(cluster, tmp_path, "--actor-cpus", "0.5",
-                                "--pools", "audio.length=0,euro.results=0,echo=3")
+                                "--pools", "audio.length=0,audio.speech=0,euro.results=0,echo=3")
     try:
         async def scenario() -> list[dict[str, Any]]:
             async with await Client.connect(f"ws://127.0.0.1:{port}/ws") as client:
@@ -63,7 +63,8 @@ def test_actors_run_on_worker_nodes_and_results_come_back(cluster: dict[str, Any
 def test_two_server_processes_share_the_cluster_and_a_redis_store(cluster: dict[str, Any], redis_url: str,
                                                                    tmp_path: Path) -> None:
     redis.Redis.from_url(redis_url).flushdb()
-    flags = ("--actor-cpus", "0.1", "--pools", "audio.length=0,euro.results=0,echo=1", "--store", redis_url)
+    flags = ("--actor-cpus", "0.1", "--pools", "audio.length=0,audio.speech=0,euro.results=0,echo=1",
+             "--store", redis_url)
     first, port_a = start_server(cluster, tmp_path / "a", *flags, "--server-id", "a")
     try:
         second, port_b = start_server(cluster, tmp_path / "b", *flags, "--server-id", "b")

@@ -79,7 +79,7 @@ def test_the_heads_token_file_joins_with_no_other_setting(secured_head: SecuredH
     (home / ".ray" / "auth_token").write_text(secured_head.token)
     port = free_port()
     server = server_process("--port", str(port), "--enable-echo", "--data-dir", str(tmp_path / "data"),
-                            "--actor-cpus", "0.25", "--pools", "audio.length=0,euro.results=0,echo=1",
+                            "--actor-cpus", "0.25", "--pools", "audio.length=0,audio.speech=0,euro.results=0,echo=1",
                             env={**without_tokens(home), "RAY_ADDRESS": secured_head.address})
     try:
         dashboard = server.wait_for_line(lambda line: line.startswith("Dashboard:"), timeout=120)

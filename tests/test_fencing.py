@@ -62,7 +62,7 @@ def test_a_frozen_servers_jobs_are_written_once_by_their_adopter(
     port = free_port()
     a = server_process("--port", str(port), "--enable-echo", "--no-dashboard", "--store", redis_url,
                        "--server-id", "a", "--lease-ttl", "2", "--data-dir", str(tmp_path / "a"),
-                       "--pools", "audio.length=0,euro.results=0,echo=1", "--ray-num-cpus", "1",
+                       "--pools", "audio.length=0,audio.speech=0,euro.results=0,echo=1", "--ray-num-cpus", "1",
                        "--object-store-mb", "100", "--log-level", "info")
     counts: collections.Counter[str] = collections.Counter()
     stop = threading.Event()

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 
+from actors import all_kinds
 from server.errors import ErrorCode
 from tests.helpers import Client, FixtureHTTP, ServerThread, settings_for
 
@@ -32,13 +33,14 @@ values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.di
 frame_objects = st.fixed_dictionaries(
     {"op": st.sampled_from(["submit", "cancel", "status", "watch", "kinds", "ping", "help", "nope"]) | values},
     optional={
-        "kind": st.sampled_from(["echo", "audio.length", "euro.results", "nope"]) | values,
+        "kind": st.sampled_from([*sorted(all_kinds()), "nope"]) | values,
         "args": st.dictionaries(st.sampled_from(["url", "date", "x", "delay_ms"]) | any_text, values, max_size=3)
         | st.fixed_dictionaries({"url": st.sampled_from(BAD_URLS) | st.builds("http://{}/x".format, any_text)})
         | values,
         "ref": any_text | values,
         "job": any_text | values,
         "jobs": st.lists(any_text, max_size=5) | values,
+        "seen": st.dictionaries(any_text, st.integers(), max_size=3) | values,
     },
 )
 

@@ -105,7 +105,7 @@ def site() -> Iterator[Site]:
             hosts.run(name, [sys.executable, "-m", "server", "--host", address, "--port", str(SERVER_PORT),
                              "--ray-node-ip", address, "--server-id", name, "--store", store,
                              "--data-dir", str(base / f"data-{name}"), "--enable-echo", "--actor-cpus", "0.25",
-                             "--pools", "audio.length=0,euro.results=0,echo=2", "--lease-ttl", "3",
+                             "--pools", "audio.length=0,audio.speech=0,euro.results=0,echo=2", "--lease-ttl", "3",
                              "--euro-url", "http://127.0.0.1:9/"],
                       env={**ray_env, "RAY_ADDRESS": f"{head}:{RAY_PORT}"})
         servers = dict(zip(("srv1", "srv2"), hosts.processes[-2:], strict=True))

@@ -28,7 +28,8 @@ from tests.processes import ROOT, server_process
 def test_server_prints_its_urls_serves_and_leaves_no_process_behind(sig: int, tmp_path: Path) -> None:
     port, dashboard = free_port(), free_port()
     process = server_process("--port", str(port), "--dashboard-port", str(dashboard), "--enable-echo",
-                             "--data-dir", str(tmp_path), "--pools", "audio.length=0,euro.results=0,echo=1",
+                             "--data-dir", str(tmp_path),
+                             "--pools", "audio.length=0,audio.speech=0,euro.results=0,echo=1",
                              "--ray-num-cpus", "1", "--object-store-mb", "100")
     try:
         page = process.wait_for_line(lambda line: line.startswith("Page:"))
@@ -70,7 +71,7 @@ def test_a_bad_setting_is_one_clear_line_and_a_non_zero_exit() -> None:
 def test_jobs_accepted_before_a_sigkill_finish_after_the_restart(tmp_path: Path) -> None:
     port = free_port()
     flags = ("--port", str(port), "--enable-echo", "--data-dir", str(tmp_path), "--server-id", "crashy",
-             "--pools", "audio.length=0,euro.results=0,echo=1", "--no-dashboard", "--ray-num-cpus", "1",
+             "--pools", "audio.length=0,audio.speech=0,euro.results=0,echo=1", "--no-dashboard", "--ray-num-cpus", "1",
              "--object-store-mb", "100")
     first = server_process(*flags)
     try:
@@ -121,7 +122,7 @@ def test_jobs_accepted_before_a_sigkill_finish_after_the_restart(tmp_path: Path)
 def test_a_stuck_request_does_not_stop_the_server_from_stopping(tmp_path: Path) -> None:
     port = free_port()
     process = server_process("--port", str(port), "--enable-echo", "--data-dir", str(tmp_path),
-                             "--pools", "audio.length=0,euro.results=0,echo=1", "--no-dashboard",
+                             "--pools", "audio.length=0,audio.speech=0,euro.results=0,echo=1", "--no-dashboard",
                              "--ray-num-cpus", "1", "--object-store-mb", "100", "--shutdown-timeout", "2")
     stuck = socket.socket()
     try:
@@ -180,7 +181,7 @@ def test_a_busy_dashboard_port_moves_to_a_free_one(tmp_path: Path) -> None:
     taken.listen()
     port = free_port()
     process = server_process("--port", str(port), "--dashboard-port", str(taken.getsockname()[1]),
-                             "--data-dir", str(tmp_path), "--pools", "audio.length=0,euro.results=0",
+                             "--data-dir", str(tmp_path), "--pools", "audio.length=0,audio.speech=0,euro.results=0",
                              "--ray-num-cpus", "1", "--object-store-mb", "100")
     try:
         line = process.wait_for_line(lambda text: text.startswith("Dashboard:"))
@@ -198,7 +199,7 @@ def test_nothing_of_the_embedded_ray_listens_beyond_loopback(tmp_path: Path) -> 
     metrics export, dashboard) is on loopback, without the switch the tests set for their own Ray."""
     port, metrics = free_port(), free_port()
     process = server_process("--port", str(port), "--enable-echo", "--data-dir", str(tmp_path),
-                             "--pools", "audio.length=0,euro.results=0,echo=1", "--ray-num-cpus", "1",
+                             "--pools", "audio.length=0,audio.speech=0,euro.results=0,echo=1", "--ray-num-cpus", "1",
                              "--object-store-mb", "100", "--ray-metrics-port", str(metrics),
                              env={"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": None})
     try:

@@ -7,6 +7,7 @@ from typing import Any
 
 from starlette.testclient import TestClient
 
+from actors import all_kinds
 from tests.unit.fakes import RefusingStore, unit_client, unit_settings
 
 
@@ -30,7 +31,8 @@ def test_a_submission_is_accepted_then_its_result_pushed(tmp_path: Path) -> None
 def test_refusals_name_what_to_fix(tmp_path: Path) -> None:
     with unit_client(unit_settings(tmp_path)) as client, client.websocket_connect("/ws") as ws:
         cases: list[tuple[dict[str, Any], str, str]] = [
-            ({"op": "submit", "kind": "nope", "args": {}}, "unknown_kind", "kinds are audio.length, echo, euro"),
+            ({"op": "submit", "kind": "nope", "args": {}}, "unknown_kind",
+             f"kinds are {', '.join(sorted(all_kinds()))}"),
             ({"op": "submit", "kind": "euro.results", "args": {"date": " 2024-03-26 "}}, "invalid_args",
              "args.date must be a draw date"),
             ({"op": "submit", "kind": "euro.results", "args": {"date": "2024-01-03"}}, "invalid_args", "Wednesday"),

