@@ -70,6 +70,21 @@ class Result:
                    frame.get("elapsed_ms"), frame)
 
 
+@dataclass(frozen=True)
+class Progress:
+    """A `progress` frame: what a running job of a streaming kind found since the last one (`seq` 1, 2, ...)."""
+
+    job: str
+    kind: str
+    seq: int
+    data: Any
+    frame: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_frame(cls, frame: dict[str, Any]) -> Progress:
+        return cls(frame["job"], frame.get("kind", ""), int(frame["seq"]), frame.get("data"), frame)
+
+
 class Client:
     def __init__(self, url: str, token: str | None = None, *, reconnect: bool = True, max_backoff: float = 10.0,
                  open_timeout: float = 10.0) -> None:
@@ -88,6 +103,8 @@ class Client:
         self._delivered: OrderedDict[str, None] = OrderedDict()  # the last DELIVERED_KEPT jobs delivered
         self._listeners = 0  # `results()` iterators running: results are queued for them only
         self._stream: asyncio.Queue[Result] = asyncio.Queue()
+        self._progress: dict[str, asyncio.Queue[Progress]] = {}  # job -> its progress frames not yet taken
+        self._seqs: dict[str, int] = {}  # job -> the last progress seq received (sent as `seen` when watching again)
         self._closing = False
         self._failure: Error | None = None
         self._pacing = asyncio.Lock()  # held by the request retrying after `rate_limited`
@@ -163,7 +180,28 @@ class Client:
                 if future.done() and self._results.get(job) is future:
                     self._forget(job)
 
+    async def events(self, job: str) -> AsyncGenerator[Progress | Result, None]:
+        """A job's `progress` (streaming kinds) as it comes, then its `Result`, last; nothing missed across a
+        reconnect (the watch says which progress it has), nothing twice."""
+        progress = self._progress.setdefault(job, asyncio.Queue())
+        result = asyncio.ensure_future(self.result(job))
+        try:
+            while not result.done():
+                taken = asyncio.ensure_future(progress.get())
+                await asyncio.wait({taken, result}, return_when=asyncio.FIRST_COMPLETED)
+                if taken.done():
+                    yield taken.result()
+                else:
+                    taken.cancel()
+            while not progress.empty():  # what came before the result, which came last
+                yield progress.get_nowait()
+            yield result.result()
+        finally:
+            result.cancel()
+
     def _forget(self, job: str) -> None:
+        self._progress.pop(job, None)
+        self._seqs.pop(job, None)
         self._results.pop(job, None)
         self._delivered[job] = None
         while len(self._delivered) > DELIVERED_KEPT:
@@ -176,7 +214,9 @@ class Client:
         for job in ids:
             self._results.setdefault(job, loop.create_future())
         for start in range(0, len(ids), 1000):
-            await self._send({"op": "watch", "jobs": ids[start:start + 1000], "ref": next(self._refs)})
+            frame: dict[str, Any] = {"op": "watch", "jobs": ids[start:start + 1000], "ref": next(self._refs)}
+            seen = {job: self._seqs[job] for job in frame["jobs"] if job in self._seqs}
+            await self._send({**frame, "seen": seen} if seen else frame)
 
     async def status(self, job: str) -> str:
         """`queued`, `running`, `succeeded`, `failed` or `cancelled` (Refused with `not_found` if unknown)."""
@@ -185,6 +225,10 @@ class Client:
     async def status_frame(self, job: str) -> dict[str, Any]:
         """The server's whole `status` frame: `kind`, `state`, and `position` and `eta_ms` while queued."""
         return await self._request({"op": "status", "job": job})
+
+    async def kinds(self) -> list[dict[str, Any]]:
+        """The server's kinds: name, description, args schema, shortcut, form, whether it streams progress."""
+        return list((await self._request({"op": "kinds"}))["kinds"])
 
     async def cancel(self, job: str) -> None:
         await self._send({"op": "cancel", "job": job, "ref": next(self._refs)})
@@ -252,6 +296,12 @@ class Client:
                 self._stream.put_nowait(result)
             if self._listeners or self._waiting[result.job]:
                 self._forget(result.job)  # delivered: a waiter holds its future already
+            return
+        if kind == "progress":
+            job = frame.get("job")
+            if job in self._results and frame.get("seq", 0) > self._seqs.get(job, 0):
+                self._seqs[job] = int(frame["seq"])
+                self._progress.setdefault(job, asyncio.Queue()).put_nowait(Progress.from_frame(frame))
             return
         if kind == "error" and frame.get("code") == "not_found" and frame.get("job") in self._results:
             future = self._results[frame["job"]]  # watched, but the server knows no such job: say so, never hang

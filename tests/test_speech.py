@@ -4,6 +4,9 @@ actor only, never in the server's process nor in another kind's actor."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +15,7 @@ import psutil
 import pytest
 import requests
 
+import ami
 from bench.servers import server
 from tests.helpers import Client, FixtureHTTP, ServerThread, run, settings_for, wait_until
 from tests.speech_audio import repeated, speech
@@ -119,3 +123,38 @@ def test_the_model_loads_in_the_speech_actor_only(tmp_path: Path, http: FixtureH
 
 def maps(pid: int) -> str:
     return Path(f"/proc/{pid}/maps").read_text()
+
+
+def test_the_python_client_yields_progress_then_the_result(speaking: ServerThread, long_speech: str) -> None:
+    async def scenario() -> None:
+        async with ami.Client(speaking.ws_url) as client:
+            job = await client.send("audio.speech", {"url": long_speech})
+            events = [event async for event in client.events(job)]
+            *others, result = events
+            progress = [event for event in others if isinstance(event, ami.Progress)]
+            assert isinstance(result, ami.Result) and result.ok and len(progress) >= 2 and progress == others
+            assert [event.seq for event in progress] == list(range(1, len(progress) + 1))
+            streamed = [segment for event in progress for segment in event.data["segments"]]
+            assert streamed == result.result["segments"][:len(streamed)] and client.jobs_held == 0
+
+    run(scenario(), timeout=120)
+
+
+def test_the_ami_command_takes_its_shortcuts_from_the_server_and_prints_progress(speaking: ServerThread,
+                                                                                  long_speech: str) -> None:
+    ami_command = [str(Path(sys.executable).parent / "ami"), "--url", speaking.ws_url]
+    done = subprocess.run([*ami_command, "--progress", "speech", long_speech], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [line["type"] for line in lines] == ["progress"] * (len(lines) - 1) + ["result"] and len(lines) >= 3
+    assert [line["seq"] for line in lines[:-1]] == list(range(1, len(lines)))
+    quiet = subprocess.run([*ami_command, "speech", long_speech], capture_output=True, text=True, timeout=120)
+    assert [json.loads(line)["type"] for line in quiet.stdout.splitlines()] == ["result"]
+    assert quiet.stderr == "", "no progress line when stderr is not a terminal"
+    kinds = subprocess.run([*ami_command, "kinds"], capture_output=True, text=True, timeout=60)
+    words = {json.loads(line)["kind"]: json.loads(line).get("shortcut", {}).get("word") for line in
+             kinds.stdout.splitlines()}
+    assert words["audio.speech"] == "speech" and kinds.returncode == 0
+    unknown = subprocess.run([*ami_command, "sing", "x"], capture_output=True, text=True, timeout=60)
+    assert unknown.returncode == 2 and "speech" in unknown.stderr and "unknown command 'sing'" in unknown.stderr
