@@ -16,6 +16,7 @@ from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 from tests.audio_files import encode
 from tests.euro_pages import current_page
 from tests.helpers import Fixture, FixtureHTTP, ServerThread, settings_for
+from tests.speech_audio import repeated, speech
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -28,8 +29,9 @@ expect.set_options(timeout=30_000)
 @pytest.fixture(scope="module")
 def page_server(ray_session: None, http: FixtureHTTP, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         ServerThread]:
-    settings = settings_for(http, tmp_path_factory.mktemp("page"), pools=(("audio.length", 1), ("euro.results", 1)),
-                             enable_echo=False, dashboard_url="http://127.0.0.1:8265")
+    settings = settings_for(http, tmp_path_factory.mktemp("page"), enable_echo=False,
+                             pools=(("audio.length", 1), ("euro.results", 1), ("audio.speech", 1)),
+                             dashboard_url="http://127.0.0.1:8265")
     with ServerThread(settings) as running:
         running.wait_ready()
         yield running
@@ -109,6 +111,23 @@ def test_submit_both_kinds_and_see_the_results(page: Page, http: FixtureHTTP) ->
     expect(page.locator("#connection")).to_have_text("Connected")
     expect(page.locator("#jobs tbody tr", has_text="two-seconds.wav").locator(".result")).to_contain_text("0:02.000")
     expect(page.locator("#jobs tbody tr", has_text="26 Mar 2024").locator(".balls li")).to_have_count(7)
+
+
+def test_speech_is_drawn_on_a_timeline_that_fills_in_as_progress_arrives(
+        page: Page, http: FixtureHTTP, tmp_path_factory: pytest.TempPathFactory) -> None:
+    workdir = tmp_path_factory.mktemp("page-speech")
+    path, _ = speech(workdir)
+    url = http.add("/page/long-talk.wav", Fixture(body=repeated(path, workdir, 60).read_bytes()))
+    page.get_by_label("Speech audio URL").fill(url)
+    page.get_by_role("button", name="Find speech").click()
+    row = row_for(page, "long-talk.wav")
+    expect(row.locator(".result .muted")).to_contain_text("in the first")  # drawn while it runs
+    expect(row.locator(".kind")).to_have_text("Speech")
+    expect(row.locator(".state")).to_have_text("done", timeout=60_000)
+    expect(row.locator(".timeline .segment")).to_have_count(180)
+    expect(row.locator(".result .muted")).to_contain_text("180 stretches of speech")
+    expect(row.locator(".timeline")).to_have_attribute("aria-label", re.compile(r"^Speech 0:00\.\d{3} to "))
+    page.screenshot(path=str(ARTIFACTS / "page-speech.png"), full_page=True)
 
 
 def test_a_failing_url_shows_its_error(page: Page, http: FixtureHTTP) -> None:

@@ -1,5 +1,6 @@
 // The page: forms to submit jobs and a table of them. The socket, reconnects and the protocol are the
-// client's (client.js); the draw calendar is the server's; this module keeps the rows and renders them.
+// client's (client.js); the forms and the draw calendar are the server's (each kind declares its form); this
+// module keeps the rows and renders them, each result by its shape (a timeline for segments).
 import { Client } from "./client.js";
 import { drawDaysInMonth, latestDraw } from "./draws.js";
 import { formatDuration, formatElapsed, formatRate, weekdayDate } from "./format.js";
@@ -12,7 +13,7 @@ const QUEUE_POLL_MS = 2000;
 const LABELS = { sending: "sending", queued: "queued", running: "running", succeeded: "done", failed: "failed",
                  cancelled: "cancelled" };
 const FROM_LABEL = { done: "succeeded" };
-const KIND_LABELS = { "audio.length": "Audio length", "euro.results": "EuroMillions" };
+const titles = new Map();  // kind -> its form's title, once the server has described its kinds
 
 const $ = (selector) => document.querySelector(selector);
 const rows = new Map(load().map((row) => [row.key, row]));  // by the ref the page submitted it with
@@ -20,6 +21,7 @@ const byJob = new Map([...rows.values()].filter((row) => row.job).map((row) => [
 const elements = new Map();
 let client = null;
 let calendar = null;
+let described = false;
 
 function load() {
   try {
@@ -79,11 +81,19 @@ async function start() {
     url: `${scheme}://${location.host}/ws`,
     token: token(),
     unfinished: () => [...rows.values()].filter((row) => row.job && !TERMINAL.has(row.state)).map((row) => row.job),
+    seen: (job) => byJob.get(job)?.seq || 0,
   });
   client.addEventListener("connection", ({ detail }) => {
     if (detail.state === "unauthorized") askForToken(token() ? "That token was refused." : "");
     else setConnection(detail.state, detail.text);
-    if (detail.state === "open" && !calendar) loadCalendar();
+    if (detail.state === "open" && !described) describeKinds();
+  });
+  client.addEventListener("progress", ({ detail }) => {
+    const row = byJob.get(detail.job);
+    if (!row || TERMINAL.has(row.state) || detail.seq <= (row.seq || 0)) return;
+    const data = detail.data || {};
+    update(row, { state: "running", seq: detail.seq, segments: [...(row.segments || []), ...(data.segments || [])],
+                  doneSeconds: data.done_seconds ?? row.doneSeconds ?? null });
   });
   client.addEventListener("dropped", () => {
     for (const row of rows.values()) {
@@ -118,17 +128,14 @@ async function start() {
   client.connect();
 }
 
-async function loadCalendar() {
+async function describeKinds() {
+  described = true;
   const answer = await client.kinds();
-  const euro = (answer.kinds || []).find((kind) => kind.kind === "euro.results");
-  if (!euro || !euro.calendar) return;
-  calendar = euro.calendar;
-  const latest = latestDraw(calendar);
-  const month = $("#euro-month");
-  month.min = calendar.first_draw.slice(0, 7);
-  month.max = latest.slice(0, 7);
-  month.value = latest.slice(0, 7);
-  fillDraws(latest);
+  const kinds = (answer.kinds || []).filter((kind) => kind.form && kind.form.fields);
+  for (const kind of kinds) titles.set(kind.kind, kind.form.title || kind.kind);
+  renderForms(kinds);
+  setConnection(client.state, $("#connection").textContent);
+  for (const row of rows.values()) render(row);
 }
 
 // --- jobs -------------------------------------------------------------------------------------------
@@ -159,7 +166,7 @@ function render(row) {
     elements.set(row.key, tr);
   }
   tr.dataset.job = row.job || "";
-  tr.querySelector(".kind").textContent = KIND_LABELS[row.kind] || row.kind;
+  tr.querySelector(".kind").textContent = titles.get(row.kind) || row.kind;
   tr.querySelector(".input").textContent = row.input;
   const state = tr.querySelector(".state");
   state.textContent = LABELS[row.state] || row.state;
@@ -174,7 +181,7 @@ function render(row) {
     button.type = "button";
     button.className = "secondary cancel";
     button.textContent = "Cancel";
-    button.setAttribute("aria-label", `Cancel ${KIND_LABELS[row.kind] || row.kind} job for ${row.input}`);
+    button.setAttribute("aria-label", `Cancel ${titles.get(row.kind) || row.kind} job for ${row.input}`);
     button.addEventListener("click", () => client && client.cancel(row.job));
     actions.append(button);
   }
@@ -192,13 +199,15 @@ function renderResult(cell, row) {
   if (row.error) {
     cell.innerHTML = `<span class="error"></span>`;
     cell.firstChild.textContent = row.error;
-  } else if (row.result && row.kind === "audio.length") {
+  } else if (row.result?.segments || row.segments) {
+    renderTimeline(cell, row);
+  } else if (row.result && "frames" in row.result && "sample_rate" in row.result) {
     const r = row.result;
     cell.innerHTML = `<strong class="duration"></strong> <span class="muted"></span>`;
     cell.querySelector(".duration").textContent = formatDuration(r.duration);
     cell.querySelector(".muted").textContent =
       `${formatRate(r.sample_rate)} · ${r.channels} ch · ${r.format} · ${r.frames.toLocaleString("en")} frames`;
-  } else if (row.result && row.kind === "euro.results") {
+  } else if (row.result?.numbers && row.result?.stars) {
     const list = document.createElement("ul");
     list.className = "balls";
     list.setAttribute("aria-label", `Numbers ${row.result.numbers.join(", ")}; lucky stars ${row.result.stars.join(", ")}`);
@@ -210,31 +219,100 @@ function renderResult(cell, row) {
   }
 }
 
+// Stretches found (speech) on a bar of the audio's length, filled in as progress frames arrive: while the job
+// runs the bar spans what has been listened to so far.
+function renderTimeline(cell, row) {
+  const segments = row.result?.segments || row.segments || [];
+  const done = row.result?.duration ?? row.doneSeconds ?? 0;
+  const span = Math.max(done, ...segments.map((segment) => segment.end), 0.001);
+  const bar = document.createElement("div");
+  bar.className = "timeline";
+  bar.setAttribute("role", "img");
+  const spoken = segments.reduce((total, segment) => total + segment.end - segment.start, 0);
+  const words = segments.map((segment) => `${formatDuration(segment.start)} to ${formatDuration(segment.end)}`);
+  bar.setAttribute("aria-label", segments.length ? `Speech ${words.join(", ")}` : "No speech found yet");
+  for (const segment of segments) {
+    const mark = document.createElement("span");
+    mark.className = "segment";
+    mark.style.left = `${(100 * segment.start) / span}%`;
+    mark.style.width = `${Math.max((100 * (segment.end - segment.start)) / span, 0.3)}%`;
+    bar.append(mark);
+  }
+  const summary = document.createElement("span");
+  summary.className = "muted";
+  const finished = row.result ? ` of ${formatDuration(row.result.duration)}` : ` in the first ${formatDuration(done)}`;
+  summary.textContent = `${segments.length} ${segments.length === 1 ? "stretch" : "stretches"} of speech, ` +
+    `${formatDuration(spoken)}${finished}`;
+  cell.append(bar, summary);
+}
+
 // --- forms ------------------------------------------------------------------------------------------
 
-function fillDraws(selected) {
-  const month = $("#euro-month").value;
-  const select = $("#euro-date");
+// One form per kind, from the fields it declares: url, text and number inputs, and draw-date (a month, then the
+// draw days of that month from the kind's calendar).
+function renderForms(kinds) {
+  const section = $(".forms");
+  section.replaceChildren();
+  for (const kind of kinds) {
+    const prefix = kind.kind.replace(/[^A-Za-z0-9]+/g, "-");
+    const form = document.createElement("form");
+    form.id = `${prefix}-form`;
+    form.append(Object.assign(document.createElement("h2"), { textContent: kind.form.title || kind.kind }));
+    const row = Object.assign(document.createElement("div"), { className: "row" });
+    const readers = [];
+    for (const field of kind.form.fields) readers.push(addField(row, prefix, field, kind));
+    const button = Object.assign(document.createElement("button"), { type: "submit", textContent: kind.form.button || "Submit" });
+    row.append(button);
+    form.append(row);
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      const values = readers.map((read) => read());
+      if (values.some((value) => value == null)) return;
+      const args = Object.fromEntries(values.map(({ arg, value }) => [arg, value]));
+      submit(kind.kind, args, values.map(({ shown }) => shown).join(" "));
+      form.querySelector("input[type=url], input[type=text]")?.select();
+    });
+    section.append(form);
+  }
+}
+
+// A field's inputs in `row`; returns a reader of its value ({arg, value, shown}, or null when it has none).
+function addField(row, prefix, field, kind) {
+  const id = `${prefix}-${field.arg}`;
+  const labelled = (label, input) => {
+    const box = document.createElement("div");
+    box.append(Object.assign(document.createElement("label"), { htmlFor: input.id, textContent: label }), input);
+    row.append(box);
+    return input;
+  };
+  if (field.input === "draw-date" && kind.calendar) {
+    calendar = kind.calendar;
+    const month = labelled("Month", Object.assign(document.createElement("input"), { id: `${prefix}-month`, type: "month", required: true }));
+    const select = labelled(field.label, Object.assign(document.createElement("select"), { id, required: true }));
+    const latest = latestDraw(calendar);
+    Object.assign(month, { min: calendar.first_draw.slice(0, 7), max: latest.slice(0, 7), value: latest.slice(0, 7) });
+    month.addEventListener("change", () => fillDraws(month, select));
+    fillDraws(month, select, latest);
+    return () => (select.value ? { arg: field.arg, value: select.value, shown: weekdayDate(select.value) } : null);
+  }
+  const input = labelled(field.label, Object.assign(document.createElement("input"), {
+    id, type: field.input === "number" ? "number" : field.input === "url" ? "url" : "text", required: true,
+    placeholder: field.placeholder || "", autocomplete: field.input === "url" ? "url" : "off" }));
+  row.lastChild.classList.add("grow");
+  return () => {
+    const text = input.value.trim();
+    return text ? { arg: field.arg, value: field.input === "number" ? Number(text) : text, shown: text } : null;
+  };
+}
+
+function fillDraws(month, select, selected) {
   select.replaceChildren();
-  const days = calendar && month ? drawDaysInMonth(calendar, month) : [];
+  const days = calendar && month.value ? drawDaysInMonth(calendar, month.value) : [];
   for (const day of days) select.append(new Option(weekdayDate(day), day, false, day === selected));
   if (!days.length) select.append(new Option(calendar ? "No draws that month" : "Loading draws…", ""));
 }
 
 function setUp() {
-  $("#euro-month").addEventListener("change", () => fillDraws());
-  fillDraws();
-  $("#audio-form").addEventListener("submit", (event) => {
-    event.preventDefault();
-    const url = $("#audio-url").value.trim();
-    submit("audio.length", { url }, url);
-    $("#audio-url").select();
-  });
-  $("#euro-form").addEventListener("submit", (event) => {
-    event.preventDefault();
-    const date = $("#euro-date").value;
-    if (date) submit("euro.results", { date }, weekdayDate(date));
-  });
   $("#clear").addEventListener("click", () => {
     for (const row of [...rows.values()]) {
       if (TERMINAL.has(row.state)) {

@@ -5,11 +5,12 @@
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 
 export class Client extends EventTarget {
-  constructor({ url, token = null, unfinished = () => [] }) {
+  constructor({ url, token = null, unfinished = () => [], seen = () => 0 }) {
     super();
     this.url = url;
     this.token = token;
     this.unfinished = unfinished;  // the job ids to watch again after a (re)connect
+    this.seen = seen;  // a job's last progress seq the page has: only later ones are sent again
     this.socket = null;
     this.attempt = 0;
     this.counter = 0;
@@ -60,7 +61,9 @@ export class Client extends EventTarget {
   }
 
   watch(jobs) {
-    if (jobs.length) this.#send({ op: "watch", jobs, ref: "watch" });
+    if (!jobs.length) return;
+    const seen = Object.fromEntries(jobs.map((job) => [job, this.seen(job)]).filter(([, seq]) => seq > 0));
+    this.#send({ op: "watch", jobs, ref: "watch", ...(Object.keys(seen).length ? { seen } : {}) });
   }
 
   kinds() {
@@ -100,6 +103,9 @@ export class Client extends EventTarget {
           this.#emit("state", { job: frame.job, state: frame.state, position: frame.position ?? null,
                                 etaMs: frame.eta_ms ?? null });
         }
+        break;
+      case "progress":
+        this.#emit("progress", { job: frame.job, seq: frame.seq, data: frame.data });
         break;
       case "result":
         this.#emit("result", { job: frame.job, state: frame.status, result: frame.result ?? null,
