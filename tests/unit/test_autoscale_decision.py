@@ -1,4 +1,4 @@
-"""The autoscaler's decision, a pure function of a pool's figures: no Ray, no clock."""
+"""The autoscaler's decision, a pure function of a pool's figures, and where a kind's actors can go: no Ray."""
 
 from __future__ import annotations
 
@@ -37,3 +37,14 @@ def test_it_shrinks_by_one_idle_actor_per_downscale_delay() -> None:
 def test_a_change_of_mind_resets_the_other_clock() -> None:
     assert decide(replace(BASE, unfinished=7, under_since=90.0)).under_since is None
     assert decide(replace(BASE, size=3, idle=3, over_since=90.0)).over_since is None
+
+
+def test_a_kind_is_placeable_when_one_node_has_all_it_asks() -> None:
+    from server.pools import placement_problem
+
+    cpu_only, gpu = {"CPU": 2.0, "memory": 8e9}, {"CPU": 8.0, "GPU": 1.0, "memory": 64e9}
+    assert placement_problem("k", {}, [cpu_only]) is None
+    assert placement_problem("k", {"GPU": 1.0}, [cpu_only, gpu]) is None
+    assert placement_problem("k", {"GPU": 1.0, "memory": 32e9}, [cpu_only, gpu]) is None
+    assert "1 GPU" in (placement_problem("k", {"GPU": 1.0}, [cpu_only]) or "")
+    assert placement_problem("k", {"GPU": 1.0, "memory": 128e9}, [cpu_only, gpu]) is not None, "all on one node"

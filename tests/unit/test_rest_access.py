@@ -38,3 +38,23 @@ def test_each_route_answers_as_it_declares(tmp_path: Path) -> None:
         assert client.get("/healthz").json() == {"ok": True}
         assert "reasons" not in client.get("/readyz").json()
         assert client.get("/readyz", headers={"Authorization": OPERATOR}).json()["reasons"] == []
+
+
+def test_a_refusal_to_start_after_ray_is_up_is_one_line() -> None:
+    """uvicorn would log Starlette's traceback and a line of its own; the CLI's filter leaves one line."""
+    import logging
+
+    from server.__main__ import OneLineStartupError
+
+    app = create_app(unit_settings(Path("/nonexistent")), MemoryStore(), FakeDispatcher)
+    app.state.startup_error = "the audio.speech kind asks each actor for 1 GPU and no node has that"
+    kept = OneLineStartupError(app)
+
+    def record(text: str) -> logging.LogRecord:
+        return logging.LogRecord("uvicorn.error", logging.ERROR, __file__, 1, text, (), None)
+
+    traceback = record(f"Traceback (most recent call last):\n  ...\nserver.config.SettingsError: "
+                       f"{app.state.startup_error}")
+    assert kept.filter(traceback) and traceback.getMessage() == f"error: {app.state.startup_error}"
+    assert not kept.filter(record("Application startup failed. Exiting."))
+    assert kept.filter(record("Started server process [1]"))
