@@ -20,6 +20,7 @@ from bench.measure import Bench, MiB
 from bench.report import write_report
 from bench.results import Results
 from bench.servers import keep_ray_on_loopback, redis_server
+from bench.speech import measure as measure_speech
 
 
 def main() -> None:
@@ -57,6 +58,7 @@ def main() -> None:
     slowloris = section("slowloris sockets", bench.slowloris)
     fairness = section("two tenants, one flooding", bench.fairness)
     audio = section("audio", bench.audio)
+    speech = section("speech (audio.speech)", lambda: measure_speech(bench.tmp / "speech", bench.quick))
     cold = section("cold start", bench.cold_start)
 
     import ray
@@ -69,7 +71,7 @@ def main() -> None:
 
     shutil.rmtree(bench.tmp, ignore_errors=True)
     results = Results(options.quick, bench.runs, time.time() - started, [label for label, *_ in bench.shapes()],
-                      stores, raw, served, polls, conns, slow, audio, cold, flood, slowloris, fairness)
+                      stores, raw, served, polls, conns, slow, audio, cold, flood, slowloris, fairness, speech)
     write_report(results, Path(options.out))
     bench.log(f"wrote {options.out}")
 

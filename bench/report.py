@@ -8,6 +8,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import websockets
@@ -162,6 +163,8 @@ def write_report(results: Results, path: Path) -> None:
     for name, probe in audio["memory"].items():
         out.append(f"| {name} | {probe['frames']:,} | {probe['grew_kib'] / 1024:.1f} MiB |")
 
+    out += speech_section(results.speech)
+
     out += ["", "## Cold start", "", f"`python -m server` (embedded Ray, dashboard on) to the first echo result: "
                                      f"{statistics.median(cold):.2f} s (runs: {', '.join(f'{c:.2f}' for c in cold)})."]
 
@@ -175,3 +178,26 @@ def write_report(results: Results, path: Path) -> None:
     if notes.exists():
         out += ["", notes.read_text().strip()]
     path.write_text("\n".join(out) + "\n")
+
+
+def speech_section(speech: dict[str, Any]) -> list[str]:
+    """audio.speech: the model's pace on one core, its memory over an hour, and its first frame through the product."""
+    if not speech:
+        return []
+    out = ["", "## Speech (audio.speech)", "",
+           "The worker as its actor holds it (Silero VAD loaded and warmed), in a fresh process pinned to one core, "
+           "measuring espeak-ng speech and silence served from loopback (download included); peak RSS growth is the "
+           "peak over the warm worker's RSS.", "",
+           "| file | audio | wall time | real-time factor | segments | progress frames | first progress | "
+           "peak RSS growth |", "|---|---|---|---|---|---|---|---|"]
+    for label, key in (("10 min, 22.05 kHz WAV", "ten"), ("60 min, 8 kHz WAV", "hour")):
+        probe = speech[key]
+        out.append(f"| {label} ({probe['bytes'] / 2**20:.1f} MiB) | {probe['duration']:,.0f} s | "
+                   f"{probe['seconds']:.2f} s | {probe['rtf']:,.0f}x | {probe['segments']:,} | "
+                   f"{probe['progress frames']} | {probe['first progress s'] * 1000:.0f} ms | "
+                   f"{probe['rss growth MiB']:.1f} MiB |")
+    product = speech["product"]
+    out += ["", f"Through the product (`python -m server`, one speech actor, the 10-minute file): accepted after "
+                f"{product['accepted ms']:.1f} ms, first `progress` frame after {product['first progress ms']:.0f} ms "
+                f"(download included), result after {product['result ms'] / 1000:.2f} s."]
+    return out

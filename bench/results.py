@@ -25,6 +25,7 @@ class Results:
     flood: dict[str, Any] = field(default_factory=dict)  # another client alone and during a flood; the flooder
     slowloris: dict[str, Any] = field(default_factory=dict)  # by where the sockets come from
     fairness: dict[str, Any] = field(default_factory=dict)  # a light tenant's jobs beside a heavy one
+    speech: dict[str, Any] = field(default_factory=dict)  # audio.speech: one core, 10 and 60 minutes; the product
 
     @property
     def best_raw(self) -> Figure:

@@ -20,7 +20,8 @@ from bench.loadgen import run_load
 from bench.measure import TRUSTED_LOAD
 from bench.servers import Process, ServerProcess, ray_cluster
 
-ECHO_ONLY = ("--enable-echo", "--no-dashboard", "--store", "memory", "--pools", "audio.length=0,audio.speech=0,euro.results=0,echo=1")
+ECHO_ONLY = ("--enable-echo", "--no-dashboard", "--store", "memory",
+             "--pools", "audio.length=0,audio.speech=0,euro.results=0,echo=1")
 OUT = Path(__file__).with_name("SCALE.md")
 
 

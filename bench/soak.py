@@ -155,8 +155,8 @@ def redis_phase(tmp: Path, base: str, seconds: float, tally: Tally) -> None:
         return popen
 
     redis_process = start_redis()
-    server = start_server(["--enable-echo", "--no-dashboard", "--allow-private-urls", "--pools", "euro.results=0,audio.speech=0",
-                           "--data-dir", str(tmp / "redis"), "--store", f"redis://127.0.0.1:{port}/0"])
+    server = start_server(["--enable-echo", "--no-dashboard", "--allow-private-urls",
+                           "--pools", "euro.results=0,audio.speech=0", "--data-dir", str(tmp / "redis"), "--store", f"redis://127.0.0.1:{port}/0"])
 
     async def run() -> None:
         nonlocal redis_process

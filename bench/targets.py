@@ -54,6 +54,16 @@ def targets(results: Results) -> list[tuple[str, bool]]:
              during["ping p99"] <= 50 and during["echo p99"] <= 100),
             (f"no slowloris socket left 15 s later: {left:.0f} left", left == 0),
         ]
+    if results.speech:
+        ten, hour, product = results.speech["ten"], results.speech["hour"], results.speech["product"]
+        goals += [
+            (f"audio.speech real-time factor on one core, 10 minutes of speech and silence >= 100x: "
+             f"{ten['rtf']:,.0f}x", ten["rtf"] >= 100),
+            (f"audio.speech's first progress frame <= 1 s after the download starts: "
+             f"{product['first progress ms']:.0f} ms through the product", product["first progress ms"] <= 1000),
+            (f"a speech actor's peak RSS grows <= 50 MiB measuring a 60-minute file: {hour['rss growth MiB']:.1f} MiB",
+             hour["rss growth MiB"] <= 50 and hour["duration"] >= 3500),
+        ]
     if results.fairness:
         fair = results.fairness
         ratio = fair["flood wait p95"] / max(fair["alone wait p95"], 1e-9)

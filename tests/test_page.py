@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
+from bench.speech_audio import repeated, speech
 from tests.audio_files import encode
 from tests.euro_pages import current_page
 from tests.helpers import Fixture, FixtureHTTP, ServerThread, settings_for
-from tests.speech_audio import repeated, speech
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"

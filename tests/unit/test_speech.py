@@ -9,10 +9,10 @@ import pytest
 
 from actors import InvalidArgs, JobFailed, WorkerConfig, all_kinds
 from actors.speech import RATE, WINDOW, Segmenter, SpeechSegments, SpeechSettings
+from bench.speech_audio import repeated, silence, speech, variant
 from server.config import Settings, SettingsError
 from tests.audio_files import encode
 from tests.helpers import FixtureHTTP
-from tests.speech_audio import repeated, silence, speech, variant
 from tests.unit.test_audio import loopback_only, serve
 
 __all__ = ["loopback_only"]  # the fixture, used by every test here that downloads
