@@ -18,6 +18,8 @@ import requests
 import ami
 from bench.servers import server
 from bench.speech_audio import repeated, speech
+from server.jobs import Job, JobState
+from server.store import SqliteStore
 from tests.helpers import Client, FixtureHTTP, ServerThread, run, settings_for, wait_until
 from tests.unit.test_audio import serve
 
@@ -158,3 +160,28 @@ def test_the_ami_command_takes_its_shortcuts_from_the_server_and_prints_progress
     assert words["audio.speech"] == "speech" and kinds.returncode == 0
     unknown = subprocess.run([*ami_command, "sing", "x"], capture_output=True, text=True, timeout=60)
     assert unknown.returncode == 2 and "speech" in unknown.stderr and "unknown command 'sing'" in unknown.stderr
+
+
+def test_a_speech_job_cut_off_by_a_restart_streams_again_from_the_start(
+        ray_session: None, http: FixtureHTTP, tmp_path: Path, long_speech: str) -> None:
+    """The store keeps the job, not its progress: the restarted server runs it again, and a watcher gets its
+    progress from seq 1, then the whole result."""
+    cut_off = Job("audio.speech", {"url": long_speech}, "s", owner="restarted", state=JobState.RUNNING)
+
+    async def seed() -> None:
+        store = SqliteStore(tmp_path / "jobs.sqlite3")
+        await store.open()
+        assert await store.put(cut_off)
+        await store.close()
+
+    run(seed())
+    settings = settings_for(http, tmp_path, pools=(("audio.speech", 1),), server_id="restarted")
+    with ServerThread(settings) as running:
+        async def scenario() -> tuple[list[dict[str, Any]], dict[str, Any]]:
+            async with await Client.connect(running.ws_url) as client:
+                await client.send({"op": "watch", "jobs": [cut_off.id]})
+                return await collect(client, cut_off.id)
+
+        progress, result = run(scenario(), timeout=120)
+    assert [frame["seq"] for frame in progress] == list(range(1, len(progress) + 1)) and progress
+    assert result["status"] == "succeeded" and len(result["result"]["segments"]) == 180
