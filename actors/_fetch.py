@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import ipaddress
+import os
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -258,8 +259,10 @@ class Fetcher:
         self.session = make_session(self.guard)
 
     def get(self, url: str, headers: dict[str, str] | None = None, max_bytes: int | None = None,
-            into: IO[bytes] | None = None, keep: int | None = None) -> Download:
-        """Download `url`: the body in memory, or written to `into` with only its first `keep` bytes kept."""
+            into: IO[bytes] | None = None, keep: int | None = None,
+            on_response: Callable[[int, dict[str, str]], None] | None = None) -> Download:
+        """Download `url`: the body in memory, or written to `into` with only its first `keep` bytes kept.
+        `on_response` hears the status and headers before the body comes (to read a body as it arrives)."""
         check_url(url)
         limit = self.max_bytes if max_bytes is None else max_bytes
         scopes = [download := Scope()]
@@ -270,7 +273,7 @@ class Fetcher:
         _active.scopes = scopes
         timer.start()
         try:
-            return self._get(url, headers, limit, into, keep)
+            return self._get(url, headers, limit, into, keep, on_response)
         except Exception as exc:  # a stopped scope explains whatever the shut-down socket raised
             stopped = next((scope.stopped for scope in scopes if scope.stopped), None)
             if stopped == "deadline":
@@ -286,7 +289,7 @@ class Fetcher:
             _active.scopes = ()
 
     def _get(self, url: str, headers: dict[str, str] | None, limit: int, into: IO[bytes] | None,
-             keep: int | None) -> Download:
+             keep: int | None, on_response: Callable[[int, dict[str, str]], None] | None) -> Download:
         try:
             response = self.session.get(url, stream=True, timeout=(self.timeout, self.timeout),
                                         headers=headers, allow_redirects=True)
@@ -301,6 +304,8 @@ class Fetcher:
         except requests.exceptions.RequestException as exc:
             raise JobFailed(JobErrorCode.FETCH_FAILED, f"cannot fetch {url}: {_reason(exc)}") from None
         with response:
+            if on_response is not None:
+                on_response(response.status_code, dict(response.headers))
             if into is None:
                 body = b"".join(self._stream(response, url, limit))
                 return Download(response.url, response.status_code, dict(response.headers), body, len(body))
@@ -350,3 +355,92 @@ def _reason(exc: BaseException) -> str:
     if "Max retries exceeded" in text and "(Caused by" in text:
         text = text.split("(Caused by", 1)[1].rstrip(")")
     return text
+
+
+class Arriving:
+    """A download's spool file, read while the download writes it: a read waits for the bytes it asks for (or the
+    download's end), so decoding starts with the first bytes, not the last. The download thread calls `respond`,
+    `write` and `finish`; the reader reads. A read never raises (libsndfile calls it through a C callback, where an
+    exception would be lost): once the download failed, reads end, and `failure` says why."""
+
+    WAIT = 0.5  # seconds between looks while waiting (a finish or a write wakes the reader at once)
+
+    def __init__(self, path: str) -> None:
+        self._writer = open(path, "wb")  # noqa: SIM115 - closed by `finish`
+        self._reader = open(path, "rb")  # noqa: SIM115 - closed by `close`
+        self._changed = threading.Condition()
+        self._written = 0
+        self._position = 0
+        self.status: int | None = None
+        self.length: int | None = None  # Content-Length, when the server said it
+        self.done = False
+        self.failure: JobFailed | None = None
+        self.abandoned = False
+
+    # --- the download's side --------------------------------------------------------------------------
+
+    def respond(self, status: int, headers: dict[str, str]) -> None:
+        declared = headers.get("Content-Length", "")
+        with self._changed:
+            self.status, self.length = status, int(declared) if declared.isdigit() else None
+            self._changed.notify_all()
+
+    def write(self, chunk: bytes) -> int:
+        if self.abandoned:
+            raise JobFailed(JobErrorCode.FETCH_FAILED, "the download is no longer needed")
+        self._writer.write(chunk)
+        self._writer.flush()
+        with self._changed:
+            self._written += len(chunk)
+            self._changed.notify_all()
+        return len(chunk)
+
+    def finish(self, failure: JobFailed | None = None) -> None:
+        self._writer.close()
+        with self._changed:
+            self.done, self.failure = True, failure
+            if self.status is None and failure is None:
+                self.status = 200
+            self._changed.notify_all()
+
+    # --- the reader's side ----------------------------------------------------------------------------
+
+    def response(self) -> int | None:
+        """The HTTP status once the response began (None if the download failed before it)."""
+        with self._changed:
+            while self.status is None and not self.done:
+                self._changed.wait(self.WAIT)
+            return self.status
+
+    def _wait_for(self, size: int | None) -> int:
+        """Bytes there once `size` are (None: all of them), or the download ended."""
+        with self._changed:
+            while not self.done and (size is None or self._written < size):
+                self._changed.wait(self.WAIT)
+            return self._written
+
+    def read(self, count: int = -1) -> bytes:
+        there = self._wait_for(None if count < 0 else self._position + count)
+        if self.failure is not None:
+            return b""
+        self._reader.seek(self._position)
+        data = self._reader.read(max(min(there - self._position, count if count >= 0 else there), 0))
+        self._position += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        if whence == os.SEEK_END:
+            end = self.length if self.length is not None else self._wait_for(None)
+            self._position = end + offset
+        elif whence == os.SEEK_CUR:
+            self._position += offset
+        else:
+            self._position = offset
+        return self._position
+
+    def tell(self) -> int:
+        return self._position
+
+    def close(self) -> None:
+        self.abandoned = True
+        self._reader.close()

@@ -7,6 +7,7 @@ mixed to mono and resampled to 16 kHz as a stream (soxr), so memory stays a bloc
 
 from __future__ import annotations
 
+import contextvars
 import queue
 import tempfile
 import threading
@@ -17,14 +18,13 @@ from typing import Any
 
 from actors import audio
 from actors._base import JobErrorCode, JobFailed, JobKind, PoolSpec, WorkerConfig, setting
-from actors._fetch import Fetcher, UrlGuard
+from actors._fetch import Arriving, Fetcher, UrlGuard
 
 RATE = 16_000  # the model's sample rate
 WINDOW = 512  # samples the model takes at a time (32 ms at 16 kHz)
 BLOCK_FRAMES = 16_384  # frames decoded at a time, at the file's own rate
 PROGRESS_EVERY = 0.25  # seconds of wall time between `progress` frames (the first comes after the first block)
 NEG_DROP = 0.15  # below threshold - this, speech has stopped (Silero's own hysteresis)
-HEAD_BYTES = 4096
 
 
 @dataclass(frozen=True)
@@ -129,27 +129,49 @@ class SpeechSegments:
             self._models.put(model)
 
     def run(self, args: dict[str, Any]) -> Generator[dict[str, Any], None, dict[str, Any]]:
-        """Yields `{"segments": [new ones], "done_seconds"}` as it goes; returns every segment."""
+        """Yields `{"segments": [new ones], "done_seconds"}` as it goes; returns every segment. The audio is
+        decoded as it downloads (to a temporary file, never into memory), so the first frame comes with the first
+        seconds of audio, not after the last."""
+        url = args["url"]
         with tempfile.NamedTemporaryFile(prefix="ami-speech-") as spool:
-            download = self.fetcher.get(args["url"], into=spool, keep=HEAD_BYTES)
-            if download.status >= 400:
-                raise JobFailed(JobErrorCode.FETCH_FAILED, f"HTTP {download.status} from {download.url}")
-            if not download.size:
-                raise JobFailed(JobErrorCode.NOT_AUDIO, "the URL returned an empty body")
-            if audio.looks_like_text(download.body[:1024]):
-                raise JobFailed(JobErrorCode.NOT_AUDIO, "the URL returned a text/HTML document, not audio")
-            spool.flush()
+            arriving = Arriving(spool.name)
+            download = threading.Thread(target=contextvars.copy_context().run, args=(self._download, url, arriving),
+                                        name="speech-download", daemon=True)
+            download.start()
             try:
-                model = self._models.get_nowait()
-            except queue.Empty:
-                model = self._make_model()
-            try:
-                model.reset()
-                return (yield from self._detect(spool.name, model, args))
+                status = arriving.response()
+                if status is None or status >= 400:
+                    download.join()
+                    raise arriving.failure or JobFailed(JobErrorCode.FETCH_FAILED, f"HTTP {status} from {url}")
+                head = arriving.read(1024)
+                arriving.seek(0)
+                if not head:
+                    raise arriving.failure or JobFailed(JobErrorCode.NOT_AUDIO, "the URL returned an empty body")
+                if audio.looks_like_text(head):
+                    raise JobFailed(JobErrorCode.NOT_AUDIO, "the URL returned a text/HTML document, not audio")
+                try:
+                    model = self._models.get_nowait()
+                except queue.Empty:
+                    model = self._make_model()
+                try:
+                    model.reset()
+                    return (yield from self._detect(arriving, model, args))
+                finally:
+                    self._models.put(model)
             finally:
-                self._models.put(model)
+                arriving.close()  # a download still running stops at its next chunk
+                download.join()
 
-    def _detect(self, path: str, model: Any, args: dict[str, Any]) -> Generator[dict[str, Any], None, dict[str, Any]]:
+    def _download(self, url: str, arriving: Arriving) -> None:
+        try:
+            self.fetcher.get(url, into=arriving, on_response=arriving.respond)  # type: ignore[arg-type]
+        except JobFailed as exc:
+            arriving.finish(exc)
+        else:
+            arriving.finish()
+
+    def _detect(self, source: Arriving, model: Any, args: dict[str, Any]
+                ) -> Generator[dict[str, Any], None, dict[str, Any]]:
         import numpy as np
         import soundfile
         import soxr
@@ -161,8 +183,10 @@ class SpeechSegments:
         found: list[dict[str, float]] = []
         sent = 0  # segments already in a progress frame
         try:
-            sound = soundfile.SoundFile(path)
+            sound = soundfile.SoundFile(source)
         except (RuntimeError, soundfile.LibsndfileError, ValueError, EOFError):
+            if source.failure is not None:
+                raise source.failure from None
             raise JobFailed(JobErrorCode.UNSUPPORTED_FORMAT, "not an audio format this service reads") from None
         with sound:
             rate, channels = sound.samplerate, sound.channels
@@ -192,6 +216,8 @@ class SpeechSegments:
                     last_sent = now
                     yield {"segments": found[sent:], "done_seconds": _seconds(segmenter.position)}
                     sent = len(found)
+            if source.failure is not None:  # the download broke off (or was cancelled): what was decoded is not all
+                raise source.failure
             if _snd.sf_error(sound._file):
                 raise JobFailed(JobErrorCode.NOT_AUDIO, "the audio file cannot be decoded to its end")
         if not frames:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,7 @@ from actors.speech import RATE, WINDOW, Segmenter, SpeechSegments, SpeechSetting
 from bench.speech_audio import repeated, silence, speech, variant
 from server.config import Settings, SettingsError
 from tests.audio_files import encode
-from tests.helpers import FixtureHTTP
+from tests.helpers import Fixture, FixtureHTTP
 from tests.unit.test_audio import loopback_only, serve
 
 __all__ = ["loopback_only"]  # the fixture, used by every test here that downloads
@@ -146,3 +148,49 @@ def test_help_lists_every_kinds_own_settings(capsys: pytest.CaptureFixture[str])
     for kind in all_kinds().values():
         for name in getattr(kind.settings, "__dataclass_fields__", {}).values():
             assert name.metadata["env"] in text
+
+
+@pytest.mark.usefixtures("loopback_only")
+def test_decoding_starts_before_the_download_ends(http: FixtureHTTP, spoken: Spoken, worker: SpeechSegments) -> None:
+    path, _, workdir = spoken
+    body = repeated(path, workdir, 10).read_bytes()
+    release, rest_sent = threading.Event(), threading.Event()
+
+    def half_then_wait(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body[:len(body) // 2])
+        handler.wfile.flush()
+        release.wait(30)
+        handler.wfile.write(body[len(body) // 2:])
+        rest_sent.set()
+
+    steps = worker.run(KIND.check({"url": http.add("/speech/half-then-wait.wav", half_then_wait)}))
+    first = next(steps)
+    assert not rest_sent.is_set() and first["done_seconds"] > 0, "a frame came while half the file was held back"
+    release.set()
+    try:
+        while True:
+            next(steps)
+    except StopIteration as returned:
+        assert len(returned.value["segments"]) == 3 * 10
+
+
+@pytest.mark.usefixtures("loopback_only")
+def test_a_failed_or_broken_download_says_so(http: FixtureHTTP, spoken: Spoken, worker: SpeechSegments) -> None:
+    path, _, _ = spoken
+    body = path.read_bytes()
+
+    def cut_short(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body[:len(body) // 3])
+        handler.close_connection = True  # the connection closes: the promised rest never comes
+
+    for url, code in ((http.add("/speech/missing.wav", Fixture(status=404, body=b"<html>no</html>")), "fetch_failed"),
+                      (http.add("/speech/cut-short.wav", cut_short), "fetch_failed")):
+        with pytest.raises(JobFailed) as caught:
+            run(worker, url)
+        assert caught.value.code == code, caught.value.message
