@@ -6,6 +6,7 @@ import importlib
 import pkgutil
 
 from actors._base import (
+    BatchSpec,
     InvalidArgs,
     JobErrorCode,
     JobFailed,
@@ -17,8 +18,8 @@ from actors._base import (
     setting,
 )
 
-__all__ = ["InvalidArgs", "JobErrorCode", "JobFailed", "JobKind", "PoolSpec", "Worker", "WorkerConfig", "all_kinds",
-           "job_error", "load_kind", "setting"]
+__all__ = ["BatchSpec", "InvalidArgs", "JobErrorCode", "JobFailed", "JobKind", "PoolSpec", "Worker", "WorkerConfig",
+           "all_kinds", "job_error", "load_kind", "setting"]
 
 
 def all_kinds() -> dict[str, JobKind]:

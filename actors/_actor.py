@@ -63,6 +63,39 @@ class KindActor:
         finally:
             self._ended.append((outcome, time.perf_counter() - started))
 
+    async def run_many(self, many: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+        """Several jobs in one call (kinds that batch), called with `num_returns="streaming"`: yields
+        `{"done": [{"i": index, "ok"|"error": ...}, ...]}` as jobs finish, those that finished together in one item,
+        so each result goes back the moment it is there, and a job's failure is its own."""
+        batch_runner = getattr(self.worker, "run_batch", None)
+        if batch_runner is not None:
+            outcomes = await self._run_batch(batch_runner, many)
+            yield {"done": [{"i": index, **outcome} for index, outcome in enumerate(outcomes)]}
+            return
+        tasks = {asyncio.ensure_future(self.run(args)): index for index, args in enumerate(many)}
+        waiting = set(tasks)
+        try:
+            while waiting:
+                done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                yield {"done": [{"i": tasks[task], **task.result()} for task in done]}
+        finally:
+            for task in waiting:
+                task.cancel()
+
+    async def _run_batch(self, runner: Callable[[list[dict[str, Any]]], Any], many: list[dict[str, Any]]
+                         ) -> list[dict[str, Any]]:
+        """The worker's own `run_batch`: a list of results, or of JobFailed for jobs that failed alone."""
+        try:
+            if inspect.iscoroutinefunction(runner):
+                values = await runner(many)
+            else:
+                values = await asyncio.get_running_loop().run_in_executor(self._threads, runner, many)
+        except Exception:
+            log.exception("%s worker failed on a batch of %d", self.kind.name, len(many))
+            error = job_error(JobErrorCode.INTERNAL, "the worker failed unexpectedly; see the server log")
+            return [{"error": error}] * len(many)
+        return [{"error": value.error} if isinstance(value, JobFailed) else {"ok": value} for value in values]
+
     async def stream(self, args: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """For a kind whose worker is a generator, called with `num_returns="streaming"`: each value it yields as
         `{"progress": value}`, each handed to the server as soon as it is yielded, then `{"ok": result}` (what it

@@ -86,6 +86,16 @@ class Worker(Protocol):
 
 
 @dataclass(frozen=True)
+class BatchSpec:
+    """A kind whose actor takes several queued jobs in one call: at most `max_size`, gathered for at most
+    `max_wait_ms` while its actors are busy (an idle pool sends a lone job at once; 0: what one turn of the server's
+    event loop read). The worker's `run_batch(list of args)`, if it has one, runs them; else its `run`, for each."""
+
+    max_size: int = 64
+    max_wait_ms: float = 0.0
+
+
+@dataclass(frozen=True)
 class PoolSpec:
     """How many actors serve a kind, and how much each takes of a node (Ray's `num_cpus`, `num_gpus`, `memory` in
     bytes, and custom `resources`): an actor starts only on a node that has them all."""
@@ -155,6 +165,7 @@ class JobKind:
     example: dict[str, Any] = field(default_factory=dict)
     published: dict[str, Any] = field(default_factory=dict)  # more for `kinds` to tell clients (a calendar)
     settings: type | None = None
+    batch: BatchSpec | None = None
     shortcut: tuple[str, str, str] | None = None  # (word, the arg it fills, what the line does, for `help`)
     form: dict[str, Any] = field(default_factory=dict)  # the page's: {"title", "button", "fields": [{"arg", "label",
     #                                                    "input": url|text|number|draw-date, "placeholder"}]}

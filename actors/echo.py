@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from actors._base import InvalidArgs, JobKind, PoolSpec, WorkerConfig
+from actors._base import BatchSpec, InvalidArgs, JobKind, PoolSpec, WorkerConfig
 
 MAX_DELAY_MS = 600_000
 
@@ -42,4 +42,5 @@ KIND = JobKind(
     pool=PoolSpec(size=1, num_cpus=None, max_concurrency=1000),
     optional=True,
     example={"hello": "world", "delay_ms": 100},
+    batch=BatchSpec(max_size=256),
 )

@@ -10,7 +10,7 @@ from typing import Any
 
 from bs4 import BeautifulSoup, Tag
 
-from actors._base import InvalidArgs, JobErrorCode, JobFailed, JobKind, PoolSpec, WorkerConfig
+from actors._base import BatchSpec, InvalidArgs, JobErrorCode, JobFailed, JobKind, PoolSpec, WorkerConfig
 from actors._fetch import Fetcher, UrlGuard
 
 FIRST_DRAW = dt.date(2004, 2, 13)
@@ -311,6 +311,7 @@ KIND = JobKind(
     worker=EuroResults,
     pool=PoolSpec(size=1, max_concurrency=8),
     cacheable=True,  # a published draw never changes
+    batch=BatchSpec(max_size=8),  # as many as the actor fetches at once
     example={"date": "2024-03-26"},
     published={"calendar": CALENDAR},
     shortcut=("euro", "date", "EuroMillions draw of <date> (YYYY-MM-DD or DD-MM-YYYY)"),

@@ -184,6 +184,8 @@ class Settings:
         default="", metadata=_env("AMI_NAMESPACE", "Ray namespace of this server's actors; unset: ami-<server id>")
     )
     log_level: str = field(default="info", metadata=_env("AMI_LOG_LEVEL", "debug, info, warning or error"))
+    batch: bool = field(default=True, metadata=_env("AMI_BATCH", "send a batching kind's queued jobs to an actor "
+                                                                  "several at a time while its actors are busy"))
     # Each kind's own settings object (a kind's `settings` dataclass, read from its AMI_<KIND>_* variables).
     kind_settings: tuple[Any, ...] = field(default=(), metadata={"env": None})
 

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -37,6 +38,15 @@ class Running:
     ref: Any
     slot: ActorSlot
     timer: asyncio.TimerHandle
+    batched: bool = False  # one of several jobs of one actor call: cancelled alone, never by cancelling the call
+
+
+def _stop(running: Any) -> None:
+    """Stop a job's call: its timer, and the Ray call itself unless other jobs share it (a batch)."""
+    if isinstance(running, Running):
+        running.timer.cancel()
+        if not running.batched:
+            ray.cancel(running.ref)
 
 
 class Dispatcher:
@@ -54,6 +64,7 @@ class Dispatcher:
         self._classes: dict[str, Any] = {}  # kind -> its actor class
         self.closing = False  # once set, calls cut off by the shutdown leave their jobs unfinished
         self.health = Health(self._spawn, self._replace, self._pump, lambda: self.closing)
+        self.on_batch: Callable[[str, int], None] = lambda kind, size: None  # told each call's job count (metrics)
 
     def start(self) -> None:
         """Create every pool's actors; they warm up on their own while jobs already queue at them. SettingsError,
@@ -153,6 +164,8 @@ class Dispatcher:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         for pool in self.pools.values():
+            if pool.flush is not None:
+                pool.flush.cancel()
             for slot in pool.slots:
                 ray.kill(slot.handle, no_restart=True)
         self.pools.clear()
@@ -208,9 +221,7 @@ class Dispatcher:
                 pool.pending.remove(job)
         running = job.running
         self.table.finish(job, JobState.CANCELLED)
-        if isinstance(running, Running):
-            running.timer.cancel()
-            ray.cancel(running.ref)
+        _stop(running)
         return True
 
     def drop(self, job: Job) -> None:
@@ -220,16 +231,16 @@ class Dispatcher:
             pool.pending.remove(job)
         running = job.running
         job.running = None
-        if isinstance(running, Running):
-            running.timer.cancel()
-            ray.cancel(running.ref)
+        _stop(running)
 
     def _launch(self, pool: Pool, job: Job, slot: ActorSlot) -> None:
+        """One job in one actor call (its slot taken already)."""
         assert self._loop is not None
-        pool.started(slot, job.tenant)
         job.attempts += 1
         timer = self._loop.call_later(self.settings.job_timeout, self._time_out, job)
         future: asyncio.Future[Any]
+        if self.settings.batch and pool.kind.batch is not None:
+            self.on_batch(pool.kind.name, 1)
         if pool.kind.streams:
             ref = slot.handle.stream.options(num_returns="streaming").remote(job.args)
             running = job.running = Running(ref, slot, timer)
@@ -261,16 +272,76 @@ class Dispatcher:
             if not outcome.done():
                 outcome.set_exception(exc)
 
-    def _pump(self, pool: Pool) -> None:
+    def _pump(self, pool: Pool, flushing: bool = False) -> None:
+        batch = pool.kind.batch if self.settings.batch else None
+        if batch is not None and not flushing and pool.pending and self._gathering(pool, batch.max_size,
+                                                                                    batch.max_wait_ms):
+            return
         while pool.pending:
             slot = pool.free_actor()
             if slot is None:
                 return
-            kept_from = pool.headroom_for(time.monotonic())
-            job = pool.pending.pop(None if kept_from is None else kept_from.__ne__)
-            if job is None:
-                return  # only the heaviest tenant's jobs wait: the last slot stays free for the others
-            self._launch(pool, job, slot)
+            most = 1 if batch is None else min(batch.max_size, pool.capacity - slot.inflight)
+            jobs: list[Job] = []
+            while len(jobs) < most:
+                kept_from = pool.headroom_for(time.monotonic())
+                job = pool.pending.pop(None if kept_from is None else kept_from.__ne__)
+                if job is None:
+                    break  # only the heaviest tenant's jobs wait: the last slot stays free for the others
+                pool.started(slot, job.tenant)
+                jobs.append(job)
+            if not jobs:
+                return
+            if len(jobs) == 1:
+                self._launch(pool, jobs[0], slot)
+            else:
+                self._launch_batch(pool, jobs, slot)
+
+    def _gathering(self, pool: Pool, max_size: int, max_wait_ms: float) -> bool:
+        """Whether a batching pool's queue waits for more jobs: only while its actors are busy (an idle pool sends a
+        lone job at once), for at most `max_wait_ms` (0: the rest of this turn of the event loop, which gathers
+        the frames read in it), and never once `max_size` jobs wait."""
+        if pool.flush is not None:
+            return True
+        if len(pool.pending) >= max_size or not any(slot.inflight for slot in pool.slots):
+            return False
+        assert self._loop is not None
+        pool.flush = self._loop.call_later(max_wait_ms / 1000, self._flush, pool)
+        return True
+
+    def _flush(self, pool: Pool) -> None:
+        pool.flush = None
+        if not self.closing:
+            self._pump(pool, flushing=True)
+
+    def _launch_batch(self, pool: Pool, jobs: list[Job], slot: ActorSlot) -> None:
+        """Several queued jobs in one actor call (their slots taken already); each result settles its own job the
+        moment it comes back, a failure fails its job alone, and a lost actor re-runs only the jobs without one."""
+        assert self._loop is not None
+        generator = slot.handle.run_many.options(num_returns="streaming").remote([job.args for job in jobs])
+        for job in jobs:
+            job.attempts += 1
+            timer = self._loop.call_later(self.settings.job_timeout, self._time_out, job)
+            job.running = Running(generator, slot, timer, batched=True)
+            self.table.start(job)
+        self.on_batch(pool.kind.name, len(jobs))
+        self._spawn(self._follow_batch(pool, jobs, slot, generator))
+
+    async def _follow_batch(self, pool: Pool, jobs: list[Job], slot: ActorSlot, generator: Any) -> None:
+        left = dict(enumerate(jobs))
+        try:
+            async for ref in generator:
+                for outcome in (await ref)["done"]:
+                    self._ended(pool, left.pop(outcome["i"]), slot, outcome)
+                self._pump(pool)
+            if left:
+                raise RuntimeError("the batch ended without every result")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            for job in left.values():
+                self._ended(pool, job, slot, exc)
+            self._pump(pool)
 
     def _time_out(self, job: Job) -> None:
         if self.closing:
@@ -279,11 +350,18 @@ class Dispatcher:
         seconds = f"{self.settings.job_timeout:g}"
         error = job_error(JobErrorCode.TIMEOUT, f"the job ran longer than {seconds} s")
         if self.table.finish(job, JobState.FAILED, error=error):
-            ray.cancel(running.ref)
+            _stop(running)
 
     def _done(self, pool: Pool, job: Job, slot: ActorSlot, future: asyncio.Future[Any]) -> None:
-        if not future.cancelled():
-            future.exception()  # retrieved even when unused (a cancelled or timed-out job), so asyncio logs nothing
+        if future.cancelled():
+            outcome: dict[str, Any] | BaseException = asyncio.CancelledError()
+        else:  # retrieved even when unused (a cancelled or timed-out job), so asyncio logs nothing
+            outcome = future.exception() or future.result()
+        self._ended(pool, job, slot, outcome)
+        self._pump(pool)
+
+    def _ended(self, pool: Pool, job: Job, slot: ActorSlot, outcome: dict[str, Any] | BaseException) -> None:
+        """A job's call came back, with its outcome (`{"ok"}`/`{"error"}`) or what Ray raised instead."""
         if self.closing:
             return
         running = job.running
@@ -291,12 +369,12 @@ class Dispatcher:
             running.timer.cancel()
         pool.ended(slot, job.tenant, None if job.started_at is None else (time.time() - job.started_at) * 1000)
         if not job.finished and not job.remote:  # a dropped job (another server's now) ends without a result here
-            self._settle(pool, job, slot, future)
-        self._pump(pool)
+            self._settle(pool, job, slot, outcome)
 
-    def _settle(self, pool: Pool, job: Job, slot: ActorSlot, future: asyncio.Future[Any]) -> None:
+    def _settle(self, pool: Pool, job: Job, slot: ActorSlot, outcome: dict[str, Any] | BaseException) -> None:
         try:
-            outcome = future.result()
+            if isinstance(outcome, BaseException):
+                raise outcome
         except (ActorDiedError, ActorUnavailableError, RayActorError) as exc:
             self.health.failed(pool, slot)
             if job.attempts < MAX_ATTEMPTS:
@@ -316,6 +394,7 @@ class Dispatcher:
             error = job_error(JobErrorCode.INTERNAL, "the job failed unexpectedly")
             self.table.finish(job, JobState.FAILED, error=error)
             return
+        assert isinstance(outcome, dict)
         if "ok" in outcome:
             if self.table.finish(job, JobState.SUCCEEDED, result=outcome["ok"]) and pool.kind.cacheable:
                 self.cache.remember(job.kind, job.args, outcome["ok"])

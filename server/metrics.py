@@ -14,6 +14,7 @@ from server.jobs import Job
 from server.tenants import ANONYMOUS, label
 
 JOB_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 STORE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5)
 
 PoolStats = Callable[[], dict[str, tuple[int, int, int]]]  # kind -> (actors, queued, running)
@@ -61,6 +62,9 @@ class Metrics:
                                 "the others, by reason", ["reason"], registry=self.registry)
         self.store_seconds = Histogram("ami_store_seconds", "a job store write, from asking to durable",
                                        buckets=STORE_BUCKETS, registry=self.registry)
+        self.batch_size = Histogram("ami_batch_size", "jobs one actor call carried, by kind (kinds that batch)",
+                                    ["kind"], buckets=BATCH_BUCKETS, registry=self.registry)
+        self._batches: list[tuple[str, int]] | None = None  # batch sizes since Ray's metrics were last told
         self.registry.register(_Live(pools, connections, queued))
         self._for_ray: list[tuple[str, str, float]] | None = None  # jobs ended since Ray's metrics were last told
 
@@ -76,6 +80,16 @@ class Metrics:
     def refused(self, reason: str) -> None:
         """rate_limited, flooding (a connection closed), too_many_connections or deadline (a request too slow)."""
         self.refusals.labels(reason).inc()
+
+    def batch(self, kind: str, size: int) -> None:
+        self.batch_size.labels(kind).observe(size)
+        if self._batches is not None:
+            self._batches.append((kind, size))
+
+    def batches_since(self) -> list[tuple[str, int]]:
+        """The batch sizes since the last call, for Ray's metrics (kept from the first call)."""
+        batches, self._batches = self._batches or [], []
+        return batches
 
     def store_write(self, seconds: float) -> None:
         self.store_seconds.observe(seconds)

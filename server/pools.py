@@ -53,6 +53,7 @@ class Pool:
     run_ms: float | None = None  # recent time a job spends on an actor (a moving average), for `eta_ms`
     running_by: Counter[str] = field(default_factory=Counter)  # tenant -> its jobs running on the pool
     seen: dict[str, float] = field(default_factory=dict)  # tenant -> when it last submitted this kind
+    flush: Any = None  # a batching pool's timer: when the jobs gathered while its actors were busy go out
 
     def next_name(self) -> str:
         self.created += 1

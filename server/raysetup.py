@@ -21,7 +21,7 @@ import ray
 
 import actors
 from server.config import Settings
-from server.metrics import JOB_BUCKETS, Metrics
+from server.metrics import BATCH_BUCKETS, JOB_BUCKETS, Metrics
 
 log = logging.getLogger("server.ray")
 
@@ -212,21 +212,25 @@ async def report_metrics(metrics: Metrics) -> None:
             "actors": ray_metrics.Gauge("ami_pool_actors", "actors in the pool", tag_keys=("kind",)),
             "queued": ray_metrics.Gauge("ami_pool_queued", "jobs waiting", tag_keys=("kind",)),
             "running": ray_metrics.Gauge("ami_pool_running", "jobs running", tag_keys=("kind",)),
+            "batch": ray_metrics.Histogram("ami_batch_size", "jobs one actor call carried",
+                                           boundaries=list(BATCH_BUCKETS), tag_keys=("kind",)),
         }
     except Exception:  # metrics are for operators: their failure must never stop the service
         log.exception("Ray's metrics are not available; /metrics still is")
         return
     while True:
-        ended, pools = metrics.ended_since(), metrics.pools()
+        ended, pools, batches = metrics.ended_since(), metrics.pools(), metrics.batches_since()
         try:  # in a thread: thousands of Ray metric calls must not hold up the event loop
-            await asyncio.to_thread(_tell_ray, series, ended, pools)
+            await asyncio.to_thread(_tell_ray, series, ended, pools, batches)
         except Exception:
             log.exception("Ray's metrics could not be updated")
         await asyncio.sleep(METRICS_EVERY)
 
 
 def _tell_ray(series: dict[str, Any], ended: list[tuple[str, str, float]],
-              pools: dict[str, tuple[int, int, int]]) -> None:
+              pools: dict[str, tuple[int, int, int]], batches: list[tuple[str, int]]) -> None:
+    for kind, size in batches:
+        series["batch"].observe(size, tags={"kind": kind})
     counts: dict[tuple[str, str], int] = {}
     for kind, status, seconds in ended:
         counts[kind, status] = counts.get((kind, status), 0) + 1

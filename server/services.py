@@ -46,6 +46,8 @@ class Dispatching(Protocol):
 
     def stats(self) -> dict[str, tuple[int, int, int]]: ...
 
+    on_batch: Callable[[str, int], None]  # told how many jobs each actor call carried (metrics)
+
     def not_started(self) -> dict[str, int]: ...
 
     def submit(self, job: Job) -> None: ...
@@ -95,6 +97,7 @@ class Services:
         self.quotas = Quotas(settings.tenant_max_unfinished, settings.tenant_submits_per_s)
         self.table = JobTable(store, self)
         self.dispatcher = make_dispatcher(settings, self.table, self.kinds, store)
+        self.dispatcher.on_batch = self.metrics.batch
         self._background: set[asyncio.Task[Any]] = set()
         self.sessions: set[Any] = set()  # the open sockets' sessions
         self._kinds = [

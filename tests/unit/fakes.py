@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ class FakeDispatcher:
         self.table = table
         self.pools: dict[str, Any] = dict.fromkeys(kinds)
         self.held: list[Job] = []
+        self.on_batch: Callable[[str, int], None] = lambda kind, size: None
 
     def start(self) -> None:
         pass
