@@ -51,6 +51,8 @@ def main() -> None:
         for store in ("memory", "sqlite", redis_url):
             name = "redis" if store.startswith("redis") else store
             stores[name] = section(f"product, store {store}", functools.partial(bench.product, store))
+        stores["sqlite, unbatched"] = section("product, store sqlite, batching off (AMI_BATCH=0)",
+                                              functools.partial(bench.product, "sqlite", False))
     polls = section("push against polling", bench.push_and_poll)
     conns = section("idle connections", bench.connections)
     slow = section("a client that never reads", bench.slow_reader)

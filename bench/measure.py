@@ -95,61 +95,45 @@ class Bench:
             results.append(result)
         return Figure.median_of(results)
 
-    def product(self, store: str) -> dict[str, Figure]:
+    def product(self, store: str, batch: bool = True) -> dict[str, Figure]:
         figures = {}
         with server(*ECHO_ONLY, "--store", store, "--data-dir", str(self.tmp / store.replace("/", "_")),
-                    env=TRUSTED_LOAD) as running:
+                    *(() if batch else ("--no-batch",)), env=TRUSTED_LOAD) as running:
             for label, connections, in_flight, jobs in self.shapes():
                 self.log(f"  product, store {store}, {label}")
                 figures[label] = self.measure(running.ws_url, connections, in_flight, jobs)
         return figures
 
     def raw_ray(self) -> dict[str, Figure]:
+        """Per load shape, the best raw driver at that window; then every actor and driver at windows of 64, 256
+        and 2,048 calls in flight (bench/raw.py): the strongest baseline this machine gives."""
         import ray
 
-        from actors import WorkerConfig
-        from actors._actor import named_actor
+        from bench import raw
 
-        # The product's own echo actor: the same envelope, class name, concurrency and CPUs (AMI_ACTOR_CPUS).
-        echo = ray.remote(named_actor("Echo"))
-        actor: Any = echo.options(num_cpus=0.25, max_concurrency=1000).remote("actors.echo", WorkerConfig())
-        ray.get(actor.node_id.remote())
+        made = raw.actors()
+        figures: dict[str, Figure] = {}
 
-        async def load(concurrency: int, total: int) -> LoadResult:
-            result = LoadResult()
-            remaining = total
+        def median(actor: Any, driver: Any, window: int, total: int) -> Figure:
+            driver(actor, 8, 200)  # warm up
+            return Figure.median_of([driver(actor, window, total) for _ in range(self.runs)])
 
-            async def caller() -> None:
-                nonlocal remaining
-                while remaining > 0:
-                    remaining -= 1
-                    started = time.perf_counter()
-                    await actor.run.remote({})
-                    result.latencies_ms.append((time.perf_counter() - started) * 1000)
-                    result.jobs += 1
-
-            began = time.perf_counter()
-            await asyncio.gather(*(caller() for _ in range(concurrency)))
-            result.seconds = time.perf_counter() - began
-            return result
-
-        figures = {}
         for label, connections, in_flight, jobs in self.shapes():
-            self.log(f"  raw Ray, {label}")
-            asyncio.run(load(8, 200))
-            results = []
-            for _ in range(self.runs):
-                result = asyncio.run(load(connections * in_flight, connections * jobs))
-                self.log(f"    {result.summary()}")
-                results.append(result)
-            figures[label] = Figure.median_of(results)
+            tried = {f"{name}, {how}": median(actor, driver, connections * in_flight, connections * jobs)
+                     for name, actor in made.items() for how, driver in raw.DRIVERS.items()}
+            best = max(tried, key=lambda key: tried[key].rate)
+            self.log(f"  raw Ray, {label}: best {best}, " + ", ".join(f"{key} {figure.rate:,.0f}/s"
+                                                                      for key, figure in tried.items()))
+            figures[label] = tried[best]
         total = 2000 if self.quick else 8000
-        for window in (64, 256, 2048):  # the strongest raw baseline this machine gives: the best window
-            self.log(f"  raw Ray, one driver, {window} calls in flight")
-            results = [asyncio.run(load(window, total)) for _ in range(self.runs)]
-            figures[f"window {window}"] = Figure.median_of(results)
-            self.log(f"    {results[-1].summary()}")
-        ray.kill(actor)
+        for window in raw.WINDOWS:
+            for name, actor in made.items():
+                for how, driver in raw.DRIVERS.items():
+                    figure = median(actor, driver, window, total)
+                    figures[f"window {window}, {name}, {how}"] = figure
+                    self.log(f"  raw Ray, {name}, {how}, {window} in flight: {figure.rate:,.0f} calls/s")
+        for actor in made.values():
+            ray.kill(actor)
         return figures
 
     def ray_serve(self) -> dict[str, Figure]:

@@ -91,9 +91,11 @@ def write_report(results: Results, path: Path) -> None:
         "",
         "Zero-delay `echo` jobs; `1 x 1` is one connection (or caller) with one job at a time (the unloaded "
         "round trip), `1 x 64` one with 64 jobs in flight, `32 x 64` 32 of them. "
-        "The product goes through the socket, protocol, job store, actor and push; raw Ray is the same actor "
-        "called with `await actor.run.remote()` from one process; Ray Serve is a FastAPI WebSocket ingress "
-        "deployment calling a downstream echo deployment (`bench/serve_app.py`).",
+        "The product goes through the socket, protocol, job store, actor and push, batching queued jobs into one "
+        "actor call while its actor is busy (`AMI_BATCH`; the `sqlite, unbatched` rows turn it off); raw Ray is the "
+        "strongest driver of `bench/raw.py` at that load (a plain actor or an async one, called from one process by "
+        "a sync `ray.wait` loop or by asyncio `await`); Ray Serve is a FastAPI WebSocket ingress deployment calling "
+        "a downstream echo deployment (`bench/serve_app.py`).",
         "",
         "| path | load | jobs/s | p50 ms | p99 ms | vs raw Ray, same load | vs raw Ray's best |",
         "|---|---|---|---|---|---|---|",
