@@ -26,7 +26,7 @@ import websockets
 import ami
 from bench.hostile import measure_in_child, silent_mp3
 from bench.loadgen import LoadResult, percentile, run_load
-from bench.servers import free_port, server
+from bench.servers import free_port, minimal_app, server
 
 ECHO_ONLY = ("--enable-echo", "--no-dashboard", "--pools", "audio.length=0,audio.speech=0,euro.results=0")
 MiB = 1024 * 1024
@@ -224,6 +224,11 @@ class Bench:
                         env={"AMI_MAX_CONNECTIONS_PER_IP": "1000000", **env}) as running:
                 out[label] = asyncio.run(self._hold(running, count, batch, compression))
                 self.log(f"  {label}: {out[label]}")
+        for ws in ("websockets-sansio", "websockets"):  # the same sockets on the smallest app, same machine, same run
+            label = f"{many:,} idle, a minimal Starlette app (uvicorn --ws {ws})"
+            with minimal_app(ws) as running:
+                out[label] = asyncio.run(self._hold(running, many, 250, None))
+            self.log(f"  {label}: {out[label]}")
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         return out
 

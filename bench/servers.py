@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -135,6 +136,41 @@ class ServerProcess(Process):
             for child in children:
                 if child.is_running():
                     child.kill()
+
+
+class MinimalProcess(Process):
+    """`bench.minimal_app` on a free port: the smallest Starlette WebSocket app, beside the product."""
+
+    def __init__(self, ws: str) -> None:
+        self.port = free_port()
+        super().__init__([sys.executable, "-m", "bench.minimal_app", str(self.port), ws])
+
+    def wait_listening(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                return
+            if self.popen.poll() is not None:
+                raise AssertionError(f"the minimal app exited; output:\n{''.join(self.output)}")
+            time.sleep(0.05)  # polling a port that is not open yet: nothing to wait on
+        raise AssertionError("the minimal app did not listen in time")
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    def rss(self) -> int:
+        return int(psutil.Process(self.popen.pid).memory_info().rss)
+
+
+@contextmanager
+def minimal_app(ws: str) -> Iterator[MinimalProcess]:
+    process = MinimalProcess(ws)
+    try:
+        process.wait_listening()
+        yield process
+    finally:
+        process.stop()
 
 
 @contextmanager

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import logging
 import resource
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
@@ -23,7 +22,7 @@ from server.access import Access, presented_token
 from server.config import Settings, SettingsError
 from server.dispatcher import Dispatcher
 from server.errors import CloseCode, ErrorCode
-from server.guard import ConnectionGuard, ForwardedLimit, guarded_protocols
+from server.guard import ConnectionGuard, ForwardedLimit, HostCheck, guarded_protocols
 from server.protocol import encode, error_frame
 from server.raysetup import dashboard_sign_in, no_ray, ray_session, record_once_ready, report_metrics
 from server.services import DispatcherFactory, Services, services_context
@@ -72,25 +71,24 @@ def create_app(settings: Settings, store: Store | None = None, make_dispatcher: 
             app.state.startup_error = str(exc)
             raise
 
-    async def websocket_endpoint(websocket: WebSocket) -> None:
+    def websocket_endpoint(websocket: WebSocket) -> Awaitable[None]:
+        # Not a coroutine: an idle socket's chain of awaits holds the session's frame, not this one's too.
         services: Services = websocket.app.state.services
         access = services.access
         if not access.origin_allowed(websocket.headers.get("origin")):
-            await websocket.close(CloseCode.FORBIDDEN)  # before accepting: the handshake gets HTTP 403
-            return
+            return websocket.close(CloseCode.FORBIDDEN)  # before accepting: the handshake gets HTTP 403
         token = presented_token(websocket)
         if token is not None and not access.token_valid(token):
-            await websocket.accept()
-            await websocket.send_text(encode(error_frame(ErrorCode.UNAUTHORIZED, UNAUTHORIZED)))
-            await websocket.close(CloseCode.UNAUTHORIZED, CloseCode.UNAUTHORIZED.reason)
-            return
+            return refuse_token(websocket)
         # No token at all: the first frames may present one (`auth`), for clients that cannot set headers.
         session = Session(websocket, services, access.connection_tenant(websocket))
-        services.sessions.add(session)
-        try:
-            await session.serve()
-        finally:
-            services.sessions.discard(session)
+        services.sessions.add(session)  # Session.serve takes it out when the socket ends
+        return session.serve()
+
+    async def refuse_token(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.send_text(encode(error_frame(ErrorCode.UNAUTHORIZED, UNAUTHORIZED)))
+        await websocket.close(CloseCode.UNAUTHORIZED, CloseCode.UNAUTHORIZED.reason)
 
     @rest.requires(rest.ANYONE)
     async def index(request: Request) -> FileResponse:
@@ -112,7 +110,7 @@ def create_app(settings: Settings, store: Store | None = None, make_dispatcher: 
     hosts = Access(settings).hosts
     guard = ConnectionGuard(settings.header_timeout, settings.max_connections_per_ip, settings.trusted_proxies)
     middleware = [Middleware(ForwardedLimit, guard=guard),
-                  Middleware(TrustedHostMiddleware, allowed_hosts=["*"] if "*" in hosts else hosts)]
+                  Middleware(HostCheck, allowed_hosts=["*"] if "*" in hosts else hosts)]
     app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
     app.state.guard = guard
     return app

@@ -16,9 +16,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+from starlette._utils import parse_host_header  # the parse Starlette's own middleware uses: both agree
+from starlette.datastructures import Headers
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -179,12 +182,13 @@ class ForwardedLimit:
         self.guard = guard
         self.proxied = ProxyHeadersMiddleware(self._counted, trusted_hosts=guard.trusted_proxies)
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+    def __call__(self, scope: Any, receive: Any, send: Any) -> Awaitable[None]:
+        # Not a coroutine: a direct connection's request runs as the app's own awaitable, so an idle socket keeps
+        # no frame of this middleware alive (a WebSocket lives as long as its connection).
         client = scope.get("client")
         if scope["type"] in ("http", "websocket") and client and self.guard.is_trusted(client[0]):
-            await self.proxied(scope, receive, send)
-        else:
-            await self.app(scope, receive, send)
+            return self.proxied(scope, receive, send)
+        return self.app(scope, receive, send)
 
     async def _counted(self, scope: Any, receive: Any, send: Any) -> None:
         host = scope["client"][0] if scope.get("client") else ""
@@ -200,3 +204,22 @@ class ForwardedLimit:
             await self.app(scope, receive, send)
         finally:
             self.guard.give_back(host)
+
+
+class HostCheck(TrustedHostMiddleware):
+    """Starlette's TrustedHostMiddleware (against DNS rebinding), which keeps no frame of its own alive for an allowed
+    request: the check runs, then the app's own awaitable is returned. A refusal is Starlette's (400, or its www
+    redirect)."""
+
+    def __call__(self, scope: Any, receive: Any, send: Any) -> Awaitable[None]:  # type: ignore[override]
+        if self.allow_any or scope["type"] not in ("http", "websocket") or self._allowed(scope):
+            return self.app(scope, receive, send)
+        return super().__call__(scope, receive, send)
+
+    def _allowed(self, scope: Any) -> bool:
+        parsed = parse_host_header(Headers(scope=scope).get("host"))
+        if parsed is None:
+            return False
+        host = parsed.host.lower()
+        return any(host == pattern or (pattern.startswith("*") and host.endswith(pattern[1:]))
+                   for pattern in self.allowed_hosts)

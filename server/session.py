@@ -59,17 +59,20 @@ class Session:
     slows only itself, and the bytes it leaves unread are capped (close 4008 past the cap).
 
     An idle connection holds no queue, no writer task and no event: they exist only while frames wait to
-    be sent, so thousands of idle sockets cost what uvicorn and the socket cost, little more.
+    be sent, so thousands of idle sockets cost what uvicorn and the socket cost, little more (slots, and no
+    set of watched jobs until it watches one).
     """
+
+    __slots__ = ("_budget", "_budget_at", "_closer", "_failed", "_limited_since", "_refused_at", "_room", "_writer",
+                 "closed", "done", "outbox", "queued", "saving", "services", "tenant", "watching", "websocket")
 
     def __init__(self, websocket: WebSocket, services: Services, tenant: Tenant | None) -> None:
         self.websocket = websocket
         self.services = services
         self.tenant = tenant  # who this client is; None until an `auth` frame presents a valid token
-        self.limit = services.settings.max_outbox_bytes
         self.outbox: deque[Item] | None = None  # frames waiting for the writer, while there are any
         self.queued = 0  # bytes in the outbox
-        self.watching: set[Job] = set()
+        self.watching: set[Job] | None = None  # the jobs it waits for: a set once it waits for one
         self.saving = 0  # submissions admitted whose save has not answered yet
         self.done = False  # the client said `done`: close (1000) once nothing it waits for is left
         self.closed = False
@@ -81,6 +84,11 @@ class Session:
         self._limited_since: float | None = None  # the first `rate_limited` of the current run of them
         self._refused_at = 0.0  # the last one: a run ends after FLOOD_GAP seconds without a refusal
         self._failed = False  # a frame raised unexpectedly: logged with its traceback once per connection
+
+    @property
+    def limit(self) -> int:
+        """Bytes this client may leave unread (AMI_MAX_OUTBOX_BYTES)."""
+        return self.services.settings.max_outbox_bytes
 
     @property
     def authorized(self) -> bool:
@@ -121,9 +129,10 @@ class Session:
             if deadline is not None:
                 deadline.cancel()
             self.closed = True
-            for job in self.watching:
+            self.services.sessions.discard(self)
+            for job in self.watching or ():
                 job.watchers.pop(self, None)
-            self.watching.clear()
+            self.watching = None
             if self._writer is not None:  # let it send what is queued (or find the client gone)
                 self._enqueue(None)
                 await asyncio.wait([self._writer])
@@ -248,7 +257,8 @@ class Session:
                 self._cut_off()
 
     def forget(self, job: Job) -> None:
-        self.watching.discard(job)
+        if self.watching is not None:
+            self.watching.discard(job)
         self._close_if_done()
 
     def _close_if_done(self) -> None:
@@ -260,7 +270,7 @@ class Session:
     @property
     def unfinished(self) -> int:
         """Jobs this connection submitted or watches that have not ended (its limit counts them)."""
-        return len(self.watching)
+        return len(self.watching or ())
 
     async def receive_text(self, text: str) -> None:
         self.services.metrics.frames_in.inc()
@@ -344,6 +354,8 @@ class Session:
         if self.closed:
             return
         if not job.published:
+            if self.watching is None:
+                self.watching = set()
             self.watching.add(job)
         self.services.table.watch(job, self, ref, seen)
 

@@ -7,6 +7,7 @@ only: anyone may still read any job by its id. Address tenants are named `@addre
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections import Counter
@@ -41,6 +42,7 @@ def parse_token(entry: str) -> tuple[str, str]:
     return "token-" + hashlib.sha256(entry.encode()).hexdigest()[:8], entry
 
 
+@functools.lru_cache(maxsize=4096)  # one object for the many sockets of one address (an idle socket's bytes count)
 def address_tenant(host: str | None) -> Tenant:
     return Tenant("@" + (host or "unknown"))
 
