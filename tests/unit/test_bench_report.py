@@ -24,7 +24,11 @@ def results(push: list[float]) -> Results:
                    raw=figures(1000), served=figures(300), polls={"push (WebSocket)": push, "polling 1 s": [500.0]},
                    conns={"10,000 idle": Held(10_000, 10_000, 19_000, 10_000, 0),
                           "18,000 idle (file limit 20,000)": Held(18_000, 18_000, 19_000, 18_000, 0),
-                          "10,000 opened at once": Held(10_000, 10_000, 19_000, 10_000, 0)},
+                          "10,000 opened at once": Held(10_000, 10_000, 19_000, 10_000, 0),
+                          "10,000 idle, a minimal Starlette app (uvicorn --ws websockets-sansio)":
+                              Held(10_000, 10_000, 19_500, 10_000, 0),
+                          "10,000 idle, a minimal Starlette app (uvicorn --ws websockets)":
+                              Held(10_000, 10_000, 33_000, 10_000, 0)},
                    slow={"close code": 4008, "rss growth MiB": 0.5, "limit MiB": 1.0, "ping p50 ms": 0.4,
                          "ping p99 ms": 2.0},
                    audio=audio, cold=[4.0],
@@ -70,6 +74,8 @@ def test_the_report_has_every_section_and_judges_the_targets(tmp_path: Path) -> 
     assert judged["while one socket floods, another's ping p99 <= 50 ms and echo round trip p99 <= 100 ms"]
     assert judged["no slowloris socket left 15 s later"]
     assert judged["a light tenant's p95 wait to start beside a flooding one <= 1.2x its wait alone"]
+    assert judged["an idle socket costs <= 1.0x a minimal Starlette app's under uvicorn's best WebSocket "
+                  "implementation (same run)"]
     assert "| 2,000 from 4 addresses | 0 | 2,000 | 0 | 3.50 | 30.00 |" in text
     assert judged["audio.speech real-time factor on one core, 10 minutes of speech and silence >= 100x"]
     assert judged["a speech actor's peak RSS grows <= 50 MiB measuring a 60-minute file"]
