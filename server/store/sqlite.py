@@ -78,6 +78,7 @@ class SqliteStore(SingleServer):
         self.create_tables(connection)
         connection.close()
         self._identity = self._file_identity()
+        self._head = os.open(self.path, os.O_RDONLY)  # the opened file's first bytes, read without opening it again
         self._read = await self.loop.run_in_executor(self._reader, self._connect)
         self._thread = threading.Thread(target=self._write_batches, name="store-write", daemon=True)
         self._thread.start()
@@ -108,10 +109,9 @@ class SqliteStore(SingleServer):
             return f"its file {self.path} was deleted"
         if identity != self._identity:
             return f"its file {self.path} was replaced"
-        try:
-            with open(self.path, "rb") as head:
-                if head.read(len(SQLITE_MAGIC)) != SQLITE_MAGIC:
-                    return f"its file {self.path} is no longer a SQLite database"
+        try:  # the same inode as the path's (checked above), so an overwrite in place shows here
+            if os.pread(self._head, len(SQLITE_MAGIC), 0) != SQLITE_MAGIC:
+                return f"its file {self.path} is no longer a SQLite database"
         except OSError as exc:
             return f"its file {self.path} cannot be read: {exc.strerror or exc}"
         return None
@@ -139,6 +139,7 @@ class SqliteStore(SingleServer):
         await asyncio.to_thread(self._thread.join, 30)
         await self.loop.run_in_executor(self._reader, self._read.close)
         self._reader.shutdown()
+        os.close(self._head)
 
     def _write(self, sql: str, params: tuple[Any, ...]) -> Saved:
         saved = self.loop.create_future()
