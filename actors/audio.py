@@ -26,6 +26,20 @@ HEADER_READERS = {"WAV": wav_length, "FLAC": flac_length, "AIFF": aiff_length}
 CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+)")
 UNKNOWN_FRAMES = 1 << 62  # libsndfile's SF_COUNT_MAX and anything near it is "unknown", never a length
 DECODE_BLOCK = 64 * 1024  # frames decoded at a time when only decoding can tell the length
+URL_ARG = {"type": "string", "format": "uri", "description": "an http(s) URL", "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://",
+           "maxLength": MAX_URL}  # the schema of an audio URL arg, for every kind that takes one
+
+
+def url_schema(**more: dict[str, Any]) -> dict[str, Any]:
+    """The args schema of a kind that takes one audio URL, and the optional args in `more`."""
+    return {"type": "object", "properties": {"url": URL_ARG, **more}, "required": ["url"],
+            "additionalProperties": False}
+
+
+def url_form(title: str, button: str, label: str) -> dict[str, Any]:
+    """The page's form of a kind that takes one audio URL."""
+    return {"title": title, "button": button, "fields": [
+        {"arg": "url", "label": label, "input": "url", "placeholder": "https://example.com/speech.wav"}]}
 
 
 def validate(args: dict[str, Any]) -> dict[str, Any]:
@@ -226,19 +240,11 @@ KIND = JobKind(
     name="audio.length",
     actor_name="audio",
     description="The exact length of the audio file at an http(s) URL.",
-    schema={
-        "type": "object",
-        "properties": {"url": {"type": "string", "format": "uri", "description": "an http(s) URL",
-                               "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://", "maxLength": MAX_URL}},
-        "required": ["url"],
-        "additionalProperties": False,
-    },
+    schema=url_schema(),
     validate=validate,
     worker=AudioLength,
     pool=PoolSpec(size=1, max_concurrency=16),  # downloads wait on the network: stuck ones must not starve others
     example={"url": "https://example.com/audio.wav"},
     shortcut=("audio", "url", "length of the audio at <url>"),
-    form={"title": "Audio length", "button": "Measure",
-          "fields": [{"arg": "url", "label": "Audio file URL", "input": "url",
-                      "placeholder": "https://example.com/speech.wav"}]},
+    form=url_form("Audio length", "Measure", "Audio file URL"),
 )
