@@ -31,6 +31,7 @@ PHRASES_SECONDS = 11.387  # the espeak-ng file that `speech` makes: three phrase
 def files(workdir: Path, quick: bool) -> dict[str, Path]:
     """10 minutes of speech and silence (22,050 Hz, as espeak-ng speaks), and 60 minutes at 8 kHz (under the
     default 100 MiB download limit as a WAV, and resampled on the way)."""
+    workdir.mkdir(parents=True, exist_ok=True)
     path, _ = speech(workdir)
     ten = repeated(path, workdir, 6 if quick else 53)
     hour = workdir / ("hour-8k.wav" if not quick else "six-min-8k.wav")
