@@ -10,7 +10,6 @@ import asyncio
 import functools
 import json
 import os
-import resource
 import subprocess
 import sys
 import threading
@@ -56,8 +55,6 @@ def probe(path: Path) -> dict[str, Any]:
     """In this process, pinned to one core: a speech actor's worker (model loaded and warmed) measuring `path`
     served from loopback; the audio's length over the wall time, and the growth of the peak RSS over the warm
     worker's RSS."""
-    import psutil
-
     from actors import WorkerConfig
     from actors.speech import SpeechSegments
 
@@ -65,8 +62,9 @@ def probe(path: Path) -> dict[str, Any]:
     worker = SpeechSegments(WorkerConfig(allow_private_urls=True, fetch_timeout=600, max_audio_bytes=200 * MiB))
     worker.warmup()
     httpd, base = serve_directory(path.parent)
-    before = psutil.Process().memory_info().rss
-    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # The peak starts again from the current RSS (ru_maxrss would carry the parent's peak across exec).
+    Path("/proc/self/clear_refs").write_text("5")
+    before = _status("VmRSS")
     started = time.perf_counter()
     steps = worker.run({"url": f"{base}/{path.name}"})
     first = None
@@ -79,11 +77,17 @@ def probe(path: Path) -> dict[str, Any]:
     except StopIteration as returned:
         result = returned.value
     seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = _status("VmHWM")
     httpd.shutdown()
     return {"duration": result["duration"], "seconds": seconds, "rtf": result["duration"] / seconds,
             "segments": len(result["segments"]), "progress frames": frames, "first progress s": first,
-            "rss growth MiB": (max(peak, peak_before) - before) / MiB, "bytes": path.stat().st_size}
+            "rss growth MiB": (peak - before) / MiB, "bytes": path.stat().st_size}
+
+
+def _status(field: str) -> int:
+    """A /proc/self/status figure, in bytes."""
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(field + ":"))
+    return int(line.split()[1]) * 1024
 
 
 def probe_in_child(path: Path) -> dict[str, Any]:
