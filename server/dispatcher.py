@@ -301,10 +301,10 @@ class Dispatcher:
         """Whether a batching pool's queue waits for more jobs: only while its actors are busy (an idle pool sends a
         lone job at once), for at most `max_wait_ms` (0: the rest of this turn of the event loop, which gathers
         the frames read in it), and never once `max_size` jobs wait."""
-        if pool.flush is not None:
-            return True
         if len(pool.pending) >= max_size or not any(slot.inflight for slot in pool.slots):
             return False
+        if pool.flush is not None:
+            return True
         assert self._loop is not None
         pool.flush = self._loop.call_later(max_wait_ms / 1000, self._flush, pool)
         return True
