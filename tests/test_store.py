@@ -102,3 +102,23 @@ def test_a_cancel_asked_on_one_server_is_heard_by_the_others(redis_url: str) -> 
             assert await asyncio.wait_for(heard.get(), 10) == "job-1"
 
     run(scenario())
+
+
+def test_a_job_that_finishes_before_its_first_save_is_answered_is_never_taken_for_lost(redis_url: str) -> None:
+    """A job runs while its first save is on its way: when its finish is queued before that save answers, the
+    store must not hold it as this server's unfinished job, or the next lease renewal would call it adopted by
+    another server and drop it (its watchers would wait forever)."""
+    async def scenario() -> None:
+        redis.Redis.from_url(redis_url).flushdb()
+        lost: list[str] = []
+        async with opened(lambda: RedisStore(redis_url, ttl=3600)) as store:
+            await store.listen(lambda job_id: None, lambda job_id: None, lost.append)
+            job = Job("echo", {"n": 1}, None, owner="a")
+            put = store.put(job)  # not awaited: the run overlaps the save
+            job.state, job.finished_at, job.result = JobState.SUCCEEDED, time.time(), {"n": 1}
+            finish = store.finish(job)
+            assert await put and await finish
+            await store._drop_lost("a")  # what each lease renewal does
+            assert lost == [] and await store.unfinished("a") == []
+
+    run(scenario())

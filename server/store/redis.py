@@ -142,7 +142,10 @@ class RedisStore:
         self._pending.append((write, saved if wanted else None, fenced))
         if owns is not None:
             owner = owns.owner
-            saved.add_done_callback(lambda done: self._owned.__setitem__(owns.id, owner) if done.result() else None)
+            # Owned once saved, unless it finished meanwhile (a job's run overlaps its first save): a finished job
+            # left here would look adopted by another server at the next lease renewal, and be dropped.
+            saved.add_done_callback(lambda done: self._owned.__setitem__(owns.id, owner)
+                                    if done.result() and not owns.finished else None)
         if self._flushing is None:
             self._flushing = self.loop.create_task(self._flush())
         return saved
