@@ -399,8 +399,6 @@ class Arriving:
         self._writer.close()
         with self._changed:
             self.done, self.failure = True, failure
-            if self.status is None and failure is None:
-                self.status = 200
             self._changed.notify_all()
 
     # --- the reader's side ----------------------------------------------------------------------------

@@ -239,8 +239,6 @@ class Dispatcher:
         job.attempts += 1
         timer = self._loop.call_later(self.settings.job_timeout, self._time_out, job)
         future: asyncio.Future[Any]
-        if self.settings.batch and pool.kind.batch is not None:
-            self.on_batch(pool.kind.name, 1)
         if pool.kind.streams:
             ref = slot.handle.stream.options(num_returns="streaming").remote(job.args)
             running = job.running = Running(ref, slot, timer)
@@ -294,6 +292,8 @@ class Dispatcher:
                 return
             if len(jobs) == 1:
                 self._launch(pool, jobs[0], slot)
+                if batch is not None:
+                    self.on_batch(pool.kind.name, 1)
             else:
                 self._launch_batch(pool, jobs, slot)
 

@@ -15,10 +15,10 @@ MAX_WATCH = 1000
 MAX_TOKEN = 1024
 
 # Each kind's plain-text shortcut, from the kind itself: a new kind needs no edit here.
-SHORTCUTS = {kind.shortcut[0]: (kind.name, kind.shortcut[1]) for kind in all_kinds().values() if kind.shortcut}
+_KINDS = sorted(all_kinds().values(), key=lambda kind: kind.name)
+SHORTCUTS = {kind.shortcut[0]: (kind.name, kind.shortcut[1]) for kind in _KINDS if kind.shortcut}
 HELP = [
-    *(f"{f'{word} <{arg}>':<28}{what}" for kind in sorted(all_kinds().values(), key=lambda kind: kind.name)
-      if kind.shortcut for word, arg, what in [kind.shortcut]),
+    *(f"{f'{word} <{arg}>':<28}{what}" for kind in _KINDS if kind.shortcut for word, arg, what in [kind.shortcut]),
     "cancel <job>                cancel a job",
     "status <job>                state of a job",
     "watch <job> [<job> ...]     results of jobs, now or when they finish",
