@@ -9,9 +9,9 @@ turn); Hatchet's per-tenant round-robin and deficit round-robin with a quantum o
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
-from collections import Counter
 from collections.abc import Callable
 
 from server.jobs import Job
@@ -28,28 +28,28 @@ class FairQueue:
         self._last: dict[str, int] = {}  # tenant -> the turn it was last served in
         self._served = 0
         self._arrivals = itertools.count()
-        self._entries: dict[str, tuple[int, int]] = {}  # job id -> its (priority key, arrival): every job queued
-        self._keys: dict[str, Counter[int]] = {}  # tenant -> jobs queued by priority key, for `position`
-        self._latest: dict[str, dict[int, int]] = {}  # tenant -> priority key -> the last arrival pushed
+        self._entries: dict[str, tuple[int, int, int]] = {}  # job id -> (priority key, arrival, place in bucket)
+        self._buckets: dict[str, dict[int, _Bucket]] = {}  # tenant -> priority key -> its jobs queued, for `position`
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def push(self, job: Job, front: bool = False) -> None:
         lane = self._lanes.setdefault(job.tenant, [])
-        entry = (FRONT if front else -job.priority, next(self._arrivals))
-        heapq.heappush(lane, (*entry, job))
-        self._entries[job.id] = entry
-        self._keys.setdefault(job.tenant, Counter())[entry[0]] += 1
-        self._latest.setdefault(job.tenant, {})[entry[0]] = entry[1]
+        key = FRONT if front else -job.priority
+        arrival = next(self._arrivals)
+        heapq.heappush(lane, (key, arrival, job))
+        bucket = self._buckets.setdefault(job.tenant, {}).get(key)
+        if bucket is None:
+            bucket = self._buckets[job.tenant][key] = _Bucket()
+        self._entries[job.id] = (key, arrival, bucket.add())
         self._take_turn(job.tenant)
 
-    def _left(self, job: Job, key: int) -> None:
-        del self._entries[job.id]
-        keys = self._keys[job.tenant]
-        keys[key] -= 1
-        if not keys[key]:
-            del keys[key]
+    def _left(self, job: Job, key: int, popped: bool) -> None:
+        _, _, place = self._entries.pop(job.id)
+        buckets = self._buckets[job.tenant]
+        if not buckets[key].leave(place, popped):
+            del buckets[key]
 
     def _take_turn(self, tenant: str) -> None:
         if tenant not in self._turn:
@@ -77,13 +77,13 @@ class FairQueue:
             if not lane:  # its jobs were all removed (cancelled) since it took this turn
                 continue
             key, _, job = heapq.heappop(lane)
-            self._left(job, key)
+            self._left(job, key, popped=True)
             self._served += 1
             self._last[tenant] = self._served
             if lane:
                 self._take_turn(tenant)
             else:
-                del self._lanes[tenant], self._keys[tenant], self._latest[tenant]
+                del self._lanes[tenant], self._buckets[tenant]
                 self._forget_idle()
             return job
         return None
@@ -102,9 +102,9 @@ class FairQueue:
                 lane[index] = lane[-1]
                 lane.pop()
                 heapq.heapify(lane)
-                self._left(job, key)
+                self._left(job, key, popped=False)
                 if not lane:  # its turn stays in the heap; `pop` skips a tenant with no lane
-                    del self._lanes[job.tenant], self._keys[job.tenant], self._latest[job.tenant]
+                    del self._lanes[job.tenant], self._buckets[job.tenant]
                 return True
         return False
 
@@ -122,21 +122,50 @@ class FairQueue:
         """Jobs that will be served before `job` (0: it is next), or None if it is not queued.
 
         Its rank r in its own lane, plus, of every other tenant's lane, the r jobs it serves in the r rounds
-        before (or r + 1 if that tenant's turn comes first), never more than the lane holds.
+        before (or r + 1 if that tenant's turn comes first), never more than the lane holds. No scan of a lane:
+        a `status` of a job deep in a long queue costs what one just accepted does.
         """
         entry = self._entries.get(job.id)
         if entry is None:
             return None
-        key, arrival = entry
-        keys = self._keys[job.tenant]
-        rank = sum(count for other, count in keys.items() if other < key)
-        if arrival == self._latest[job.tenant][key]:  # the usual case, a job just accepted: no scan of its lane
-            rank += keys[key] - 1
-        else:
-            rank += sum(1 for other, when, _ in self._lanes[job.tenant] if other == key and when < arrival)
+        key, _, place = entry
+        buckets = self._buckets[job.tenant]
+        rank = buckets[key].rank(place) + sum(bucket.count for other, bucket in buckets.items() if other < key)
         mine = self._turn[job.tenant]
         ahead = rank
         for tenant, other in self._lanes.items():
             if tenant != job.tenant and other:
                 ahead += min(len(other), rank + (self._turn[tenant] < mine))
         return ahead
+
+
+class _Bucket:
+    """A tenant's queued jobs of one priority key. They leave in the order they came (or earlier, cancelled), so a
+    job's rank among them is its place less those that left before it: counted, never scanned."""
+
+    __slots__ = ("added", "count", "removed", "taken")
+
+    def __init__(self) -> None:
+        self.added = 0  # places handed out
+        self.count = 0  # jobs queued now
+        self.taken = 0  # jobs that left from the front (started), and cancelled ones before them
+        self.removed: list[int] = []  # places of cancelled jobs behind the front, sorted
+
+    def add(self) -> int:
+        self.added += 1
+        self.count += 1
+        return self.added - 1
+
+    def leave(self, place: int, popped: bool) -> int:
+        """`place` left (started from the front, or cancelled); the jobs still queued here."""
+        self.count -= 1
+        if popped:  # the front: every place before it has left, cancelled ones included
+            before = bisect.bisect_left(self.removed, place)
+            self.taken += 1 + before
+            del self.removed[:before]
+        else:
+            bisect.insort(self.removed, place)
+        return self.count
+
+    def rank(self, place: int) -> int:
+        return place - self.taken - bisect.bisect_left(self.removed, place)

@@ -3,7 +3,9 @@ fair share of AMI_MAX_PENDING. The app's own code with the fake pools (no Ray); 
 
 from __future__ import annotations
 
+import copy as copy_module
 import logging
+import random
 from pathlib import Path
 from typing import Any
 
@@ -278,3 +280,29 @@ def test_metrics_name_named_tenants_and_sum_address_tenants_as_anonymous(tmp_pat
             assert [ws.receive_json()["type"] for _ in range(2)] == ["accepted", "result"]
         text = client.get("/metrics").text
         assert 'tenant="anonymous"' in text and "@" not in text, "no client address becomes a label"
+
+
+def test_position_is_where_the_job_really_comes_out_after_any_pushes_pops_and_cancels() -> None:
+    """`position` counts, never scans: checked against popping a copy of the queue until the job comes out, after
+    random pushes (tenants, priorities, re-runs at the front), starts and cancels."""
+    chance = random.Random(25)
+    queue, queued = FairQueue(), []
+    for step in range(1500):
+        roll = chance.random()
+        if roll < 0.55 or not queued:
+            job = Job("echo", {"n": step}, tenant=chance.choice("ABC"), priority=chance.choice((1, 5, 5, 9)))
+            queue.push(job, front=chance.random() < 0.05)
+            queued.append(job)
+        elif roll < 0.85:
+            queued.remove(queue.pop())
+        else:
+            job = chance.choice(queued)
+            assert queue.remove(job)
+            queued.remove(job)
+        if step % 50 == 0 and queued:
+            for job in chance.sample(queued, min(5, len(queued))):
+                copy = copy_module.deepcopy(queue)
+                ahead = 0
+                while (popped := copy.pop()) is not None and popped.id != job.id:
+                    ahead += 1
+                assert queue.position(job) == ahead, (step, job.tenant)
