@@ -286,7 +286,7 @@ def test_position_is_where_the_job_really_comes_out_after_any_pushes_pops_and_ca
     """`position` counts, never scans: checked against popping a copy of the queue until the job comes out, after
     random pushes (tenants, priorities, re-runs at the front), starts and cancels."""
     chance = random.Random(25)
-    queue, queued = FairQueue(), []
+    queue, queued = FairQueue(), list[Job]()
     for step in range(1500):
         roll = chance.random()
         if roll < 0.55 or not queued:
@@ -294,7 +294,9 @@ def test_position_is_where_the_job_really_comes_out_after_any_pushes_pops_and_ca
             queue.push(job, front=chance.random() < 0.05)
             queued.append(job)
         elif roll < 0.85:
-            queued.remove(queue.pop())
+            started = queue.pop()
+            assert started is not None
+            queued.remove(started)
         else:
             job = chance.choice(queued)
             assert queue.remove(job)
