@@ -18,7 +18,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
 from server import rest
-from server.access import Access, presented_token
+from server.access import Access, header, presented_token
 from server.config import Settings, SettingsError
 from server.dispatcher import Dispatcher
 from server.errors import CloseCode, ErrorCode
@@ -75,7 +75,7 @@ def create_app(settings: Settings, store: Store | None = None, make_dispatcher: 
         # Not a coroutine: an idle socket's chain of awaits holds the session's frame, not this one's too.
         services: Services = websocket.app.state.services
         access = services.access
-        if not access.origin_allowed(websocket.headers.get("origin")):
+        if not access.origin_allowed(header(websocket, b"origin")):
             return websocket.close(CloseCode.FORBIDDEN)  # before accepting: the handshake gets HTTP 403
         token = presented_token(websocket)
         if token is not None and not access.token_valid(token):

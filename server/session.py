@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 from collections import deque
 from typing import Any
 
@@ -79,8 +80,10 @@ class Session:
         self._writer: asyncio.Task[None] | None = None  # runs while the outbox has frames
         self._room: asyncio.Future[None] | None = None  # resolved once the outbox is at most half full
         self._closer: asyncio.Task[None] | None = None
-        self._budget = services.settings.frames_per_s * BURST_SECONDS  # frames it may send now (a token bucket)
-        self._budget_at = 0.0  # when the budget was last topped up (loop time)
+        # Frames it may send now (a token bucket) and when it was last topped up (loop time): full at the first frame,
+        # from shared constants (a float of its own per idle socket costs 24 bytes each).
+        self._budget = math.inf
+        self._budget_at = 0.0
         self._limited_since: float | None = None  # the first `rate_limited` of the current run of them
         self._refused_at = 0.0  # the last one: a run ends after FLOOD_GAP seconds without a refusal
         self._failed = False  # a frame raised unexpectedly: logged with its traceback once per connection
@@ -101,7 +104,6 @@ class Session:
             timeout = self.services.settings.auth_timeout
             deadline = asyncio.get_running_loop().call_later(timeout, self._refuse, None)
         loop = asyncio.get_running_loop()
-        self._budget_at = loop.time()
         handled = refused = 0
         try:
             while not self.closed:
