@@ -62,7 +62,8 @@ class SqliteStore(SingleServer):
         self.path = path
         self.connection_class = connection_class
         self.failure: str | None = None  # why the last write failed, until one succeeds again
-        self._writes: queue.SimpleQueue[Write | None] = queue.SimpleQueue()
+        self._writes: queue.SimpleQueue[list[Write] | None] = queue.SimpleQueue()
+        self._turn: list[Write] = []  # this turn of the event loop's writes, handed to the writer at its end
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="store-read")
         self._identity: tuple[int, int] | None = None  # (device, inode) of the file this store writes
         self.lost: str | None = None  # why the file cannot be trusted now (deleted, replaced, damaged), until it can
@@ -135,6 +136,7 @@ class SqliteStore(SingleServer):
         if self._watcher is not None:
             self._watcher.cancel()
             await asyncio.gather(self._watcher, return_exceptions=True)
+        self._hand_over()
         self._writes.put(None)
         await asyncio.to_thread(self._thread.join, 30)
         await self.loop.run_in_executor(self._reader, self._read.close)
@@ -143,8 +145,20 @@ class SqliteStore(SingleServer):
 
     def _write(self, sql: str, params: tuple[Any, ...]) -> Saved:
         saved = self.loop.create_future()
-        self._writes.put((sql, params, saved))
+        self._queue((sql, params, saved))
         return saved
+
+    def _queue(self, write: Write) -> None:
+        """A turn of the event loop hands its writes to the writer together: one hand-off, and one wake of the
+        writer's thread (which then takes the GIL from the event loop), a turn instead of one a write."""
+        if not self._turn:
+            self.loop.call_soon(self._hand_over)
+        self._turn.append(write)
+
+    def _hand_over(self) -> None:
+        if self._turn:
+            turn, self._turn = self._turn, []
+            self._writes.put(turn)
 
     def put(self, job: Job) -> Saved:
         return self._write(self.INSERT, (
@@ -158,7 +172,7 @@ class SqliteStore(SingleServer):
         return self.put(job)
 
     def remember(self, kind: str, args: dict[str, Any], result: Any) -> None:
-        self._writes.put((self.REMEMBER, (kind, cache_key(args), json.dumps(result)), None))
+        self._queue((self.REMEMBER, (kind, cache_key(args), json.dumps(result)), None))
 
     async def cached(self, kind: str, args: dict[str, Any]) -> Any:
         rows = await self._query("SELECT result FROM results WHERE kind = ? AND key = ?", (kind, cache_key(args)))
@@ -180,16 +194,16 @@ class SqliteStore(SingleServer):
             first = self._writes.get()
             if first is None:
                 break
-            batch = [first]
-            while len(batch) < MAX_BATCH:
+            batch = first
+            while len(batch) < MAX_BATCH:  # the turns that came meanwhile too (one turn's may pass MAX_BATCH)
                 try:
-                    item = self._writes.get_nowait()
+                    more = self._writes.get_nowait()
                 except queue.Empty:
                     break
-                if item is None:
+                if more is None:
                     running = False
                     break
-                batch.append(item)
+                batch += more
             problem = self.lost or self._file_problem()
             try:
                 if problem is not None:  # never acknowledge a write to a file that is not the store's any more
