@@ -51,6 +51,37 @@ def test_redis_results_expire_after_the_ttl_and_finishes_are_announced(redis_url
     run(scenario())
 
 
+def test_redis_a_result_supersedes_a_running_write_that_has_not_gone_out(redis_url: str) -> None:
+    """A job that starts and finishes before its `running` write went out costs one write to Redis, not two."""
+    async def evals(store: RedisStore) -> int:
+        return int((await store.client.info("commandstats")).get("cmdstat_eval", {}).get("calls", 0))
+
+    async def scenario() -> None:
+        redis.Redis.from_url(redis_url).flushdb()
+        async with opened(lambda: RedisStore(redis_url, ttl=3600)) as store:
+            assert isinstance(store, RedisStore)
+            quick, slow = Job("echo", {"n": 1}, None, owner="a"), Job("echo", {"n": 2}, None, owner="a")
+            assert await store.put(quick) and await store.put(slow)
+            before = await evals(store)
+            quick.state = slow.state = JobState.RUNNING
+            store.start(quick)
+            quick.state, quick.finished_at, quick.result = JobState.SUCCEEDED, time.time(), {"n": 1}
+            assert await store.finish(quick)
+            assert await evals(store) - before == 1, "the finish alone"
+            store.start(slow)
+            assert await store.put(Job("echo", {"n": 3}, None, owner="a"))  # the start has gone out
+            record = await store.get(slow.id)
+            assert record is not None and record.state is JobState.RUNNING
+            slow.state, slow.finished_at, slow.result = JobState.SUCCEEDED, time.time(), {"n": 2}
+            assert await store.finish(slow)
+            assert await evals(store) - before == 3, "a start that went out, then its finish"
+            for job, result in ((quick, {"n": 1}), (slow, {"n": 2})):
+                record = await store.get(job.id)
+                assert record is not None and record.state is JobState.SUCCEEDED and record.result == result
+
+    run(scenario())
+
+
 def test_redis_fencing_refuses_the_old_owners_writes_once_a_job_is_adopted(redis_url: str) -> None:
     """Server A saved a job and lost its lease; B adopted it (its fencing token grew): A's state and result
     writes are refused and A is told, B's are written, and the finish is announced once."""
@@ -75,6 +106,7 @@ def test_redis_fencing_refuses_the_old_owners_writes_once_a_job_is_adopted(redis
             [adopted] = await b.adopt("b")  # A holds no lease: its jobs are anyone's
             assert adopted.id == job.id and adopted.fence == 1 and job.fence == 0
             a.start(job)
+            assert await a.put(Job("echo", {"n": 2}, None, owner="a")), "queued after the start: it went out first"
             job.state, job.finished_at, job.result = JobState.SUCCEEDED, time.time(), {"by": "a"}
             assert await a.finish(job), "answered (A is told it lost the job), never written"
             assert lost == [job.id, job.id] and a.fenced == 2

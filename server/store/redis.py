@@ -9,6 +9,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from server.jobs import Job
@@ -28,6 +29,20 @@ log = logging.getLogger("server.store")
 
 def _nobody(job_id: str) -> None:
     return None
+
+
+def _write_nothing(pipe: Any) -> None:
+    pass
+
+
+@dataclass(slots=True)
+class _Write:
+    """A queued write: what it adds to the pipeline, who waits for its answer, and the job whose fenced write it
+    queues last (its answer says whether the fence let it through)."""
+
+    write: Callable[[Any], None]
+    saved: Saved | None
+    fenced: str | None
 
 
 class RedisStore:
@@ -60,8 +75,8 @@ class RedisStore:
         self._held: set[str] = set()  # owners whose lease this store renews
         self._owned: dict[str, str] = {}  # job id -> owner: saved as this server's, not finished by it yet
         self.fenced = 0  # writes refused because another server owns the job now
-        # (write, its answer, the job whose fenced write it queues last)
-        self._pending: list[tuple[Callable[[Any], None], Saved | None, str | None]] = []
+        self._pending: list[_Write] = []
+        self._starts: dict[str, _Write] = {}  # job id -> its `running` write, while that waits to go out
         self._flushing: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
 
@@ -119,10 +134,14 @@ class RedisStore:
 
     def finish(self, job: Job) -> Saved:
         self._owned.pop(job.id, None)
+        started = self._starts.pop(job.id, None)
+        if started is not None:  # its `running` write has not gone out yet: the result written next supersedes it
+            started.write, started.fenced = _write_nothing, None
         return self._enqueue(lambda pipe: self._fenced(job, "finish", pipe), fenced=job.id)
 
     def start(self, job: Job) -> None:  # never resurrects a purged or finished record (SET XX)
         self._enqueue(lambda pipe: self._fenced(job, "start", pipe), wanted=False, fenced=job.id)
+        self._starts[job.id] = self._pending[-1]
 
     def remember(self, kind: str, args: dict[str, Any], result: Any) -> None:
         key, value = f"ami:result:{kind}:{cache_key(args)}", json.dumps(result)
@@ -139,7 +158,7 @@ class RedisStore:
     def _enqueue(self, write: Callable[[Any], None], wanted: bool = True, fenced: str | None = None,
                  owns: Job | None = None) -> Saved:
         saved = self.loop.create_future()
-        self._pending.append((write, saved if wanted else None, fenced))
+        self._pending.append(_Write(write, saved if wanted else None, fenced))
         if owns is not None:
             owner = owns.owner
             # Owned once saved, unless it finished meanwhile (a job's run overlaps its first save): a finished job
@@ -154,17 +173,20 @@ class RedisStore:
         try:
             while self._pending:
                 batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+                for entry in batch:
+                    if entry.fenced is not None and self._starts.get(entry.fenced) is entry:
+                        del self._starts[entry.fenced]  # going out now: a result written later follows it
                 ok = True
                 lost: list[str] = []
                 try:
                     async with self.client.pipeline(transaction=False) as pipe:
                         ends = []
-                        for write, _, _ in batch:
-                            write(pipe)
+                        for entry in batch:
+                            entry.write(pipe)
                             ends.append(len(pipe.command_stack))
                         answers = await pipe.execute()
-                    lost = [job_id for (_, _, job_id), end in zip(batch, ends, strict=True)
-                            if job_id is not None and answers[end - 1] == 0]
+                    lost = [entry.fenced for entry, end in zip(batch, ends, strict=True)
+                            if entry.fenced is not None and answers[end - 1] == 0]
                 except Exception as exc:
                     log.exception("the job store could not save %d writes", len(batch))
                     self.failure = f"the job store could not save: {exc}"
@@ -175,7 +197,7 @@ class RedisStore:
                     self.fenced += 1
                     self._owned.pop(job_id, None)
                     self.on_lost(job_id)
-                resolve_all([(saved, ok) for _, saved, _ in batch])
+                resolve_all([(entry.saved, ok) for entry in batch])
         finally:
             self._flushing = None
 
