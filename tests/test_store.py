@@ -51,10 +51,14 @@ def test_redis_results_expire_after_the_ttl_and_finishes_are_announced(redis_url
     run(scenario())
 
 
-def test_redis_a_result_supersedes_a_running_write_that_has_not_gone_out(redis_url: str) -> None:
-    """A job that starts and finishes before its `running` write went out costs one write to Redis, not two."""
+def test_redis_a_result_supersedes_writes_of_its_job_that_have_not_gone_out(redis_url: str) -> None:
+    """A job that starts and finishes before its `running` write went out costs one write to Redis, not two; one
+    that finishes before its first save went out costs the result's write alone, which answers the first save."""
+    async def calls(store: RedisStore, command: str = "eval") -> int:
+        return int((await store.client.info("commandstats")).get(f"cmdstat_{command}", {}).get("calls", 0))
+
     async def evals(store: RedisStore) -> int:
-        return int((await store.client.info("commandstats")).get("cmdstat_eval", {}).get("calls", 0))
+        return await calls(store)
 
     async def scenario() -> None:
         redis.Redis.from_url(redis_url).flushdb()
@@ -78,6 +82,20 @@ def test_redis_a_result_supersedes_a_running_write_that_has_not_gone_out(redis_u
             for job, result in ((quick, {"n": 1}), (slow, {"n": 2})):
                 record = await store.get(job.id)
                 assert record is not None and record.state is JobState.SUCCEEDED and record.result == result
+
+            burst = Job("echo", {"n": 4}, None, owner="a")
+            sets, adds, before = await calls(store, "set"), await calls(store, "sadd"), await evals(store)
+            first = store.put(burst)
+            burst.state = JobState.RUNNING
+            store.start(burst)
+            burst.state, burst.finished_at, burst.result = JobState.SUCCEEDED, time.time(), {"n": 4}
+            assert await store.finish(burst) and first.done() and first.result(), "the first save answered too"
+            assert (await calls(store, "set"), await calls(store, "sadd"), await evals(store)) == (
+                sets + 1, adds, before + 1), "the result's write alone (Redis counts the SET its script calls)"
+            record = await store.get(burst.id)
+            assert record is not None and record.state is JobState.SUCCEEDED and record.result == {"n": 4}
+            assert not await store.client.sismember("ami:unfinished:a", burst.id)
+            assert burst.id not in [job.id for job in await store.unfinished("a")], "nothing to resume"
 
     run(scenario())
 

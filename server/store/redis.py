@@ -43,6 +43,9 @@ class _Write:
     write: Callable[[Any], None]
     saved: Saved | None
     fenced: str | None
+    owns: str | None = None  # the job whose first save this is
+    starts: bool = False  # a job's `running` write
+    also: Saved | None = None  # a first save it superseded, answered with it
 
 
 class RedisStore:
@@ -77,6 +80,7 @@ class RedisStore:
         self.fenced = 0  # writes refused because another server owns the job now
         self._pending: list[_Write] = []
         self._starts: dict[str, _Write] = {}  # job id -> its `running` write, while that waits to go out
+        self._puts: dict[str, _Write] = {}  # job id -> its first save, while that waits to go out
         self._flushing: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
 
@@ -118,13 +122,13 @@ class RedisStore:
         return f"ami:fence:{job_id}"
 
     def put(self, job: Job) -> Saved:
-        record = json.dumps(to_record(job))
-
-        def write(pipe: Any) -> None:
-            pipe.set(self._key(job.id), record)
+        def write(pipe: Any) -> None:  # the record as it is when it goes out (a job runs while it is being saved)
+            pipe.set(self._key(job.id), json.dumps(to_record(job)))
             pipe.sadd(f"ami:unfinished:{job.owner}", job.id)
 
-        return self._enqueue(write, owns=job)
+        saved = self._enqueue(write, owns=job)
+        self._puts[job.id] = self._pending[-1]
+        return saved
 
     def _fenced(self, job: Job, what: str, pipe: Any) -> None:
         record = json.dumps(to_record(job))
@@ -134,14 +138,23 @@ class RedisStore:
 
     def finish(self, job: Job) -> Saved:
         self._owned.pop(job.id, None)
+        # Its first save or its `running` write may not have gone out yet (under load a job often ends before):
+        # the result, written after them, supersedes both; whoever waits for the first save is answered with it.
         started = self._starts.pop(job.id, None)
-        if started is not None:  # its `running` write has not gone out yet: the result written next supersedes it
+        if started is not None:
             started.write, started.fenced = _write_nothing, None
-        return self._enqueue(lambda pipe: self._fenced(job, "finish", pipe), fenced=job.id)
+        first = self._puts.pop(job.id, None)
+        also = None
+        if first is not None:
+            first.write, also, first.saved = _write_nothing, first.saved, None
+        saved = self._enqueue(lambda pipe: self._fenced(job, "finish", pipe), fenced=job.id)
+        self._pending[-1].also = also
+        return saved
 
     def start(self, job: Job) -> None:  # never resurrects a purged or finished record (SET XX)
         self._enqueue(lambda pipe: self._fenced(job, "start", pipe), wanted=False, fenced=job.id)
         self._starts[job.id] = self._pending[-1]
+        self._pending[-1].starts = True
 
     def remember(self, kind: str, args: dict[str, Any], result: Any) -> None:
         key, value = f"ami:result:{kind}:{cache_key(args)}", json.dumps(result)
@@ -158,7 +171,7 @@ class RedisStore:
     def _enqueue(self, write: Callable[[Any], None], wanted: bool = True, fenced: str | None = None,
                  owns: Job | None = None) -> Saved:
         saved = self.loop.create_future()
-        self._pending.append(_Write(write, saved if wanted else None, fenced))
+        self._pending.append(_Write(write, saved if wanted else None, fenced, None if owns is None else owns.id))
         if owns is not None:
             owner = owns.owner
             # Owned once saved, unless it finished meanwhile (a job's run overlaps its first save): a finished job
@@ -173,9 +186,11 @@ class RedisStore:
         try:
             while self._pending:
                 batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-                for entry in batch:
-                    if entry.fenced is not None and self._starts.get(entry.fenced) is entry:
-                        del self._starts[entry.fenced]  # going out now: a result written later follows it
+                for entry in batch:  # going out now: a result written later follows them
+                    if entry.owns is not None and self._puts.get(entry.owns) is entry:
+                        del self._puts[entry.owns]
+                    elif entry.starts and entry.fenced is not None and self._starts.get(entry.fenced) is entry:
+                        del self._starts[entry.fenced]
                 ok = True
                 lost: list[str] = []
                 try:
@@ -197,7 +212,7 @@ class RedisStore:
                     self.fenced += 1
                     self._owned.pop(job_id, None)
                     self.on_lost(job_id)
-                resolve_all([(entry.saved, ok) for entry in batch])
+                resolve_all([(saved, ok) for entry in batch for saved in (entry.saved, entry.also)])
         finally:
             self._flushing = None
 
