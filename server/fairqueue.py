@@ -28,7 +28,7 @@ class FairQueue:
         self._last: dict[str, int] = {}  # tenant -> the turn it was last served in
         self._served = 0
         self._arrivals = itertools.count()
-        self._entries: dict[str, tuple[int, int, int]] = {}  # job id -> (priority key, arrival, place in bucket)
+        self._entries: dict[str, tuple[int, int]] = {}  # job id -> (priority key, place in its bucket), queued jobs
         self._buckets: dict[str, dict[int, _Bucket]] = {}  # tenant -> priority key -> its jobs queued, for `position`
 
     def __len__(self) -> int:
@@ -37,16 +37,15 @@ class FairQueue:
     def push(self, job: Job, front: bool = False) -> None:
         lane = self._lanes.setdefault(job.tenant, [])
         key = FRONT if front else -job.priority
-        arrival = next(self._arrivals)
-        heapq.heappush(lane, (key, arrival, job))
+        heapq.heappush(lane, (key, next(self._arrivals), job))
         bucket = self._buckets.setdefault(job.tenant, {}).get(key)
         if bucket is None:
             bucket = self._buckets[job.tenant][key] = _Bucket()
-        self._entries[job.id] = (key, arrival, bucket.add())
+        self._entries[job.id] = (key, bucket.add())
         self._take_turn(job.tenant)
 
     def _left(self, job: Job, key: int, popped: bool) -> None:
-        _, _, place = self._entries.pop(job.id)
+        _, place = self._entries.pop(job.id)
         buckets = self._buckets[job.tenant]
         if not buckets[key].leave(place, popped):
             del buckets[key]
@@ -128,7 +127,7 @@ class FairQueue:
         entry = self._entries.get(job.id)
         if entry is None:
             return None
-        key, _, place = entry
+        key, place = entry
         buckets = self._buckets[job.tenant]
         rank = buckets[key].rank(place) + sum(bucket.count for other, bucket in buckets.items() if other < key)
         mine = self._turn[job.tenant]

@@ -44,7 +44,6 @@ class _Write:
     saved: Saved | None
     fenced: str | None
     owns: str | None = None  # the job whose first save this is
-    starts: bool = False  # a job's `running` write
     also: Saved | None = None  # a first save it superseded, answered with it
 
 
@@ -154,7 +153,6 @@ class RedisStore:
     def start(self, job: Job) -> None:  # never resurrects a purged or finished record (SET XX)
         self._enqueue(lambda pipe: self._fenced(job, "start", pipe), wanted=False, fenced=job.id)
         self._starts[job.id] = self._pending[-1]
-        self._pending[-1].starts = True
 
     def remember(self, kind: str, args: dict[str, Any], result: Any) -> None:
         key, value = f"ami:result:{kind}:{cache_key(args)}", json.dumps(result)
@@ -189,7 +187,7 @@ class RedisStore:
                 for entry in batch:  # going out now: a result written later follows them
                     if entry.owns is not None and self._puts.get(entry.owns) is entry:
                         del self._puts[entry.owns]
-                    elif entry.starts and entry.fenced is not None and self._starts.get(entry.fenced) is entry:
+                    if entry.fenced is not None and self._starts.get(entry.fenced) is entry:
                         del self._starts[entry.fenced]
                 ok = True
                 lost: list[str] = []
